@@ -1,0 +1,16 @@
+"""Privacy modes, registered by the name used in config.yaml (`privacy.modes`)."""
+
+from dpmedgen.privacy.base import PrivacyMode, TrainingData
+from dpmedgen.privacy.dpsgd import DPSGD
+from dpmedgen.privacy.ledger import LedgerError, read_ledger, validate_ledger, write_ledger
+from dpmedgen.privacy.none import NonPrivate
+from dpmedgen.registry import Registry
+
+PRIVACY_MODES: Registry[type[PrivacyMode]] = Registry("privacy mode")
+PRIVACY_MODES.register("none")(NonPrivate)
+PRIVACY_MODES.register("dpsgd")(DPSGD)
+
+__all__ = [
+    "PRIVACY_MODES", "PrivacyMode", "TrainingData", "DPSGD", "NonPrivate",
+    "LedgerError", "read_ledger", "validate_ledger", "write_ledger",
+]

@@ -1,0 +1,102 @@
+"""Study configuration: validation beyond the JSON schema, and expansion into the run grid.
+
+`schemas/config.schema.yaml` checks structure and types (Snakemake validates it at start-up); `check_config`
+then checks what a schema cannot: names against the registries and cross-field rules. Both run before any
+job, so a bad config stops the workflow with a message naming the offending key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpmedgen.runs import RunSpec
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+NON_PRIVATE = "none"
+
+
+class ConfigError(ValueError):
+    """The study configuration is invalid; the message names the key."""
+
+
+def validate_schema(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> None:
+    """JSON-schema validation outside Snakemake (Snakemake's `validate` does the same inside it)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"config key {key}: {err.message}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Check names against the registries and cross-field constraints."""
+    from dpmedgen.data import DATASETS
+    from dpmedgen.metrics import METRICS
+    from dpmedgen.models import MODELS
+    from dpmedgen.privacy import PRIVACY_MODES
+
+    for name in config["datasets"]:
+        if name not in DATASETS:
+            raise ConfigError(f"config key datasets.{name}: unknown dataset; known: {DATASETS.names()}")
+    for name in config["models"]:
+        if name not in MODELS:
+            raise ConfigError(f"config key models.{name}: unknown model; known: {MODELS.names()}")
+    for name in config["privacy"]["modes"]:
+        if name not in PRIVACY_MODES:
+            raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
+    for name in config["evaluate"]["metrics"]:
+        if name not in METRICS:
+            raise ConfigError(f"config key evaluate.metrics: unknown metric {name!r}; known: {METRICS.names()}")
+    private = [m for m in config["privacy"]["modes"] if m != NON_PRIVATE]
+    if private and not config["privacy"]["epsilons"]:
+        raise ConfigError(f"config key privacy.epsilons: private modes {private} need at least one epsilon")
+    if any(math.isinf(float(e)) for e in config["privacy"]["epsilons"]):
+        raise ConfigError("config key privacy.epsilons: list finite epsilons; the non-private run is mode 'none'")
+    fractions = config["split"]["fractions"]
+    if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"config key split.fractions: fractions must sum to 1; got {sum(fractions.values()):g}")
+    split = config["evaluate"].get("split", "test")
+    if fractions.get(split, 0) <= 0:
+        raise ConfigError(f"config key evaluate.split: split {split!r} has no patients (split.fractions.{split} = 0)")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read, schema-validate and check a config file (for use outside Snakemake)."""
+    config = yaml.safe_load(Path(path).read_text())
+    validate_schema(config)
+    check_config(config)
+    return config
+
+
+def runs(config: dict[str, Any]) -> list[RunSpec]:
+    """Every run of the grid: datasets x models x (none once; each private mode x each epsilon) x seeds."""
+    privacy: list[tuple[str, float]] = []
+    for mode in config["privacy"]["modes"]:
+        if mode == NON_PRIVATE:
+            privacy.append((mode, math.inf))
+        else:
+            privacy.extend((mode, float(eps)) for eps in config["privacy"]["epsilons"])
+    return [
+        RunSpec(dataset=d, model=m, privacy=p, epsilon=e, seed=int(s))
+        for d, m, (p, e), s in itertools.product(config["datasets"], config["models"], privacy, config["seeds"])
+    ]
+
+
+def privacy_params(config: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Mode-specific parameters (`privacy.<mode>` in config)."""
+    return dict(config["privacy"].get(mode) or {})
+
+
+def resources(config: dict[str, Any], rule: str) -> dict[str, Any]:
+    """threads / mem_mb / runtime / gpu for a rule, falling back to resources.default."""
+    base = {"threads": 1, "mem_mb": 2000, "runtime": 20, "gpu": 0}
+    table = config.get("resources") or {}
+    return base | dict(table.get("default") or {}) | dict(table.get(rule) or {})

@@ -1,0 +1,115 @@
+"""The interface every privacy mode implements, and the training data it controls access to.
+
+A privacy mode owns every path by which real training data reaches the model: it builds the data loader
+and may wrap the networks and optimizers that read real data (DP-SGD), transform the data before training
+(input perturbation) or the outputs after it (output perturbation). After training it writes the privacy
+ledger (`privacy.json`): the guarantee, its unit, and every parameter an independent accountant needs to
+recompute it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+UNITS = ("image", "patient")
+
+
+@dataclass
+class TrainingData:
+    """Real training images scaled to [-1, 1], (N, C, H, W), with the patient each one belongs to."""
+
+    images: torch.Tensor
+    patient_ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.patient_ids):
+            raise ValueError("one patient id per training image is required")
+        if len(self.images) == 0:
+            raise ValueError("the training split holds no images")
+        self.patients, self.patient_index = np.unique(self.patient_ids, return_inverse=True)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patients)
+
+    def images_per_patient(self) -> np.ndarray:
+        return np.bincount(self.patient_index, minlength=self.n_patients)
+
+
+class ImageDataset(Dataset):
+    """One item per image: privacy unit "image"."""
+
+    def __init__(self, data: TrainingData) -> None:
+        self.images = data.images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class PatientSliceDataset(Dataset):
+    """One item per patient: item i is one slice of patient i, drawn uniformly at random.
+
+    Poisson-sampling this dataset (Opacus' DPDataLoader) samples each *patient* independently with
+    probability q and then takes exactly one slice of each sampled patient, so every step is a subsampled
+    Gaussian mechanism over patients and the accountant's epsilon is per patient.
+    """
+
+    def __init__(self, data: TrainingData, seed: int) -> None:
+        self.images = data.images
+        order = np.argsort(data.patient_index, kind="stable")
+        counts = data.images_per_patient()
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.order = order
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        start, stop = self.offsets[i], self.offsets[i + 1]
+        return self.images[self.order[self.rng.integers(start, stop)]]
+
+
+class PrivacyMode(ABC):
+    """Base class. Subclasses set `name` and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, **params: Any) -> None:
+        self.target_epsilon = float(target_epsilon)
+        self.delta = float(delta)
+        self.seed = seed
+        self.params = params
+
+    def make_loader(self, data: TrainingData, batch_size: int) -> DataLoader:
+        """Loader over real training images (default: shuffled images, full batches)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ImageDataset(data), batch_size=min(batch_size, data.n_images), shuffle=True, drop_last=True, generator=gen)
+
+    def attach(
+        self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        """Return the (possibly wrapped) discriminator, its optimizer and the data loader to train with."""
+        return discriminator, optimizer, self.make_loader(data, batch_size)
+
+    def epsilon_spent(self) -> float:
+        """Epsilon spent so far in the mode's primary unit (inf when there is no guarantee)."""
+        return float("inf")
+
+    @abstractmethod
+    def ledger(self) -> dict[str, Any]:
+        """The privacy ledger written to privacy.json (see `dpmedgen.privacy.ledger`)."""

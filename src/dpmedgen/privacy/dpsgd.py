@@ -1,0 +1,146 @@
+"""DP-SGD (Abadi et al., 2016) on every network that reads real data, through Opacus.
+
+For an unconditional GAN only the discriminator reads real data; the generator is trained from the
+discriminator's (privatised) outputs, so its weights and samples are post-processing and inherit the
+discriminator's guarantee.
+
+Mechanism per step: Poisson-sample the privacy units with rate q, compute per-unit gradients of the
+discriminator loss (each sampled real image together with its paired fake image, as in Opacus' DCGAN
+example: the fake half depends on no private data), clip each to L2 norm C (`max_grad_norm`), sum, add
+N(0, sigma^2 C^2 I) and take an optimizer step. The sensitivity of the clipped sum to adding or removing one
+unit is C, so each step is the sampled Gaussian mechanism with noise multiplier sigma and rate q. The
+composition over `steps` steps is accounted with Opacus' PRV accountant (Gopi et al., 2021), whose
+`get_epsilon` returns an upper bound; sigma is the smallest value (binary search, Opacus'
+`get_noise_multiplier`) for which that bound is <= the target epsilon at the target delta.
+
+Units:
+- ``patient`` (default): the dataset is the list of training patients; each sampled patient contributes
+  exactly one uniformly drawn slice (`PatientSliceDataset`). Adjacency is adding or removing one patient
+  with all of their images, so epsilon is per patient.
+- ``image``: the dataset is the list of images; adjacency is adding or removing one image. A patient with
+  k images is then only protected at group size k (not reported as a per-patient epsilon here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dpmedgen.privacy.base import UNITS, ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
+
+ACCOUNTANT = "prv"
+
+
+class DPSGD(PrivacyMode):
+    name = "dpsgd"
+
+    def __init__(
+        self,
+        *,
+        target_epsilon: float,
+        delta: float,
+        seed: int = 0,
+        max_grad_norm: float = 1.0,
+        unit: str = "patient",
+        **params: Any,
+    ) -> None:
+        super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, **params)
+        if not math.isfinite(self.target_epsilon) or self.target_epsilon <= 0:
+            raise ValueError(f"dpsgd needs a finite target epsilon > 0; got {target_epsilon}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"dpsgd needs 0 < delta < 1; got {delta}")
+        if unit not in UNITS:
+            raise ValueError(f"dpsgd unit must be one of {UNITS}; got {unit!r}")
+        self.max_grad_norm = float(max_grad_norm)
+        self.unit = unit
+        self.engine = PrivacyEngine(accountant=ACCOUNTANT)
+        self.noise_multiplier: float | None = None
+        self.sample_rate: float | None = None
+        self.planned_steps = 0
+        self.n_units = 0
+
+    def attach(
+        self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        errors = ModuleValidator.validate(discriminator, strict=False)
+        if errors:
+            raise ValueError(f"the discriminator cannot be trained with DP-SGD: {errors}")
+        dataset = PatientSliceDataset(data, seed=self.seed) if self.unit == "patient" else ImageDataset(data)
+        self.n_units = len(dataset)
+        if self.delta >= 1.0 / self.n_units:
+            raise ValueError(
+                f"delta={self.delta:g} is not below 1/N = 1/{self.n_units} training {self.unit}s; "
+                "a delta that large permits releasing a whole record. Lower `privacy.delta` in config.yaml."
+            )
+        loader = DataLoader(dataset, batch_size=min(batch_size, self.n_units))
+        # Opacus' DPDataLoader samples each unit with probability 1 / len(loader); account for exactly that.
+        self.sample_rate = 1.0 / len(loader)
+        self.planned_steps = steps
+        self.noise_multiplier = get_noise_multiplier(
+            target_epsilon=self.target_epsilon,
+            target_delta=self.delta,
+            sample_rate=self.sample_rate,
+            steps=steps,
+            accountant=ACCOUNTANT,
+        )
+        module, dp_optimizer, dp_loader = self.engine.make_private(
+            module=discriminator,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            poisson_sampling=True,
+            # Per-unit gradients of the *summed* loss are exact even for an empty Poisson batch (a mean over
+            # zero examples would be NaN). The update is still the standard estimator: the optimizer
+            # divides the noisy clipped sum by the expected batch size (loss_reduction="mean" below).
+            loss_reduction="sum",
+            noise_generator=torch.Generator().manual_seed(self.seed + 1),
+        )
+        dp_optimizer.loss_reduction = "mean"
+        if not math.isclose(dp_loader.sample_rate, self.sample_rate):
+            raise RuntimeError(f"Opacus samples at {dp_loader.sample_rate}, accounted {self.sample_rate}")
+        return module, dp_optimizer, dp_loader
+
+    @property
+    def steps_taken(self) -> int:
+        return sum(n for _, _, n in self.engine.accountant.history)
+
+    def epsilon_spent(self) -> float:
+        if not self.engine.accountant.history:
+            return 0.0
+        return float(self.engine.accountant.get_epsilon(delta=self.delta))
+
+    def ledger(self) -> dict[str, Any]:
+        epsilon = self.epsilon_spent()
+        if epsilon > self.target_epsilon * (1 + 1e-9):
+            raise RuntimeError(f"DP-SGD spent epsilon {epsilon:.4f} > target {self.target_epsilon}")
+        return {
+            "mechanism": "dpsgd",
+            "guarantee": "formal",
+            "unit": self.unit,
+            "adjacency": f"add or remove one {self.unit}" + (" with all of their images" if self.unit == "patient" else ""),
+            "epsilon": epsilon,
+            "epsilon_target": self.target_epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps_taken,
+            "max_grad_norm": self.max_grad_norm,
+            "n_units": self.n_units,
+            "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
+            "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus_version()}",
+            "protected_networks": ["discriminator"],
+        }
+
+
+def _opacus_version() -> str:
+    import opacus
+
+    return opacus.__version__

@@ -1,0 +1,35 @@
+"""Identity of one training run: (dataset, model, privacy, epsilon, seed), and how it is spelled in paths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+def format_epsilon(epsilon: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5", inf -> "inf" (the spelling used in paths and wildcards)."""
+    epsilon = float(epsilon)
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def parse_epsilon(text: str) -> float:
+    value = float(text)
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"epsilon must be > 0 or 'inf'; got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    model: str
+    privacy: str
+    epsilon: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.privacy}/eps{format_epsilon(self.epsilon)}/seed{self.seed}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
