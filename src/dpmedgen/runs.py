@@ -33,3 +33,15 @@ class RunSpec:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_wildcards(cls, wildcards) -> "RunSpec":
+        """From Snakemake wildcards (dataset, model, privacy, epsilon, seed)."""
+        return cls(
+            dataset=wildcards.dataset,
+            model=wildcards.model,
+            privacy=wildcards.privacy,
+            epsilon=parse_epsilon(wildcards.epsilon),
+            seed=int(wildcards.seed),
+        )
+

@@ -1,0 +1,19 @@
+# dpmedgen: privacy versus utility of generative models for medical images.
+# Stages live in rules/ (one file each); the library in src/dpmedgen does the work.
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+include: "rules/generate.smk"
+include: "rules/evaluate.smk"
+include: "rules/plot.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        study_targets(),

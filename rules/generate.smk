@@ -1,0 +1,20 @@
+# Draw samples from each trained generator.
+
+
+rule generate:
+    input:
+        checkpoint=f"{RUN_DIR}/checkpoint.pt",
+    output:
+        f"{RUN_DIR}/samples.h5",
+    params:
+        n_samples=config["generate"]["n_samples"],
+    log:
+        f"{LOGS}/generate/{RUN_ID}.log",
+    benchmark:
+        f"{BENCHMARKS}/generate/{RUN_ID}.tsv"
+    threads: 1
+    resources:
+        mem_mb=resources(config, "generate")["mem_mb"],
+        runtime=resources(config, "generate")["runtime"],
+    script:
+        "../workflow_scripts/generate.py"

@@ -1,0 +1,40 @@
+# Resize / normalise to the working resolution, then split by patient (stratified by label).
+
+
+rule preprocess:
+    input:
+        f"{RESOURCES}/{{dataset}}/raw.h5",
+    output:
+        f"{RESULTS}/{{dataset}}/images.h5",
+    params:
+        size=config["image_size"],
+    log:
+        f"{LOGS}/preprocess/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/preprocess/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=resources(config, "preprocess")["mem_mb"],
+        runtime=resources(config, "preprocess")["runtime"],
+    script:
+        "../workflow_scripts/preprocess.py"
+
+
+rule split:
+    input:
+        f"{RESULTS}/{{dataset}}/images.h5",
+    output:
+        f"{RESULTS}/{{dataset}}/splits.parquet",
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
+    log:
+        f"{LOGS}/split/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/split/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=resources(config, "split")["mem_mb"],
+        runtime=resources(config, "split")["runtime"],
+    script:
+        "../workflow_scripts/split.py"

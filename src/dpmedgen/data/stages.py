@@ -1,0 +1,23 @@
+"""File-to-file steps of the data stages (what the download / preprocess / split rules call)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dpmedgen.data import DATASETS
+from dpmedgen.data.preprocess import preprocess
+from dpmedgen.data.schema import read_image_set, write_image_set
+from dpmedgen.data.split import split_patients, write_splits
+
+
+def materialize_dataset(name: str, params: dict[str, Any], out_h5: str | os.PathLike) -> None:
+    write_image_set(out_h5, DATASETS.get(name)(**params))
+
+
+def preprocess_file(in_h5: str | os.PathLike, out_h5: str | os.PathLike, size: int) -> None:
+    write_image_set(out_h5, preprocess(read_image_set(in_h5), size))
+
+
+def split_file(in_h5: str | os.PathLike, out_parquet: str | os.PathLike, fractions: dict[str, float], seed: int) -> None:
+    write_splits(split_patients(read_image_set(in_h5), fractions, seed), out_parquet)

@@ -1,0 +1,53 @@
+"""Figures of the study, built from its output files (what the plot rules call)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import pandas as pd
+
+from dpmedgen.data.schema import read_image_set
+from dpmedgen.data.split import read_splits, select_split
+from dpmedgen.plots.privacy_utility import plot_privacy_utility
+from dpmedgen.plots.samples import plot_sample_grid
+from dpmedgen.runs import RunSpec
+
+MODEL_NAMES = {"dcgan": "DCGAN", "sngan": "SNGAN", "ddcgan": "DDcGAN", "ddpm": "DDPM"}
+PRIVACY_NAMES = {"none": "non-private", "dpsgd": "DP-SGD"}
+
+
+def run_label(run: RunSpec) -> str:
+    model = MODEL_NAMES.get(run.model, run.model)
+    privacy = PRIVACY_NAMES.get(run.privacy, run.privacy)
+    return f"{model} · {privacy}" if run.privacy == "none" else f"{model} · {privacy} ε={run.epsilon:g}"
+
+
+def privacy_utility_figure(metrics_parquet: str | os.PathLike, dataset: str, paths: Sequence[str | os.PathLike]) -> None:
+    plot_privacy_utility(pd.read_parquet(metrics_parquet), dataset, list(paths))
+
+
+def samples_figure(
+    images_h5: str | os.PathLike,
+    splits_parquet: str | os.PathLike,
+    split: str,
+    modality: str,
+    sample_files: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike],
+    n_columns: int = 8,
+) -> None:
+    """Real images of `split` in the first row, then one row of samples per run (non-private first)."""
+    real = select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
+    rows = []
+    for f in sample_files:
+        samples = read_image_set(f, modalities=[modality])
+        run = RunSpec(**samples.provenance["run"])
+        rows.append((run, samples.modalities[modality][:n_columns]))
+    rows.sort(key=lambda r: (r[0].model, r[0].privacy != "none", r[0].privacy, -r[0].epsilon))
+    plot_sample_grid(
+        real.modalities[modality][:n_columns],
+        [(run_label(run), pixels) for run, pixels in rows],
+        list(paths),
+        n_cols=n_columns,
+        title=f"{real.dataset}: real {split} images and samples",
+    )

@@ -1,0 +1,19 @@
+from dpmedgen.logs import setup_rule_log
+
+setup_rule_log(snakemake.log[0])
+
+from dpmedgen.evaluate import evaluate_run
+from dpmedgen.runs import RunSpec
+
+evaluate_run(
+    RunSpec.from_wildcards(snakemake.wildcards),
+    samples_h5=snakemake.input.samples,
+    images_h5=snakemake.input.images,
+    splits_parquet=snakemake.input.splits,
+    modality=snakemake.params.modality,
+    metrics=list(snakemake.params.metrics),
+    split=snakemake.params.split,
+    batch_size=snakemake.params.batch_size,
+    threads=snakemake.threads,
+    out_parquet=snakemake.output[0],
+)

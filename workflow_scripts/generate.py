@@ -1,0 +1,13 @@
+from dpmedgen.logs import setup_rule_log
+
+setup_rule_log(snakemake.log[0])
+
+from dpmedgen.generate import generate_samples
+
+generate_samples(
+    snakemake.input.checkpoint,
+    snakemake.output[0],
+    n_samples=snakemake.params.n_samples,
+    seed=int(snakemake.wildcards.seed),
+    threads=snakemake.threads,
+)

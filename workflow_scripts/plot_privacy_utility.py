@@ -1,0 +1,7 @@
+from dpmedgen.logs import setup_rule_log
+
+setup_rule_log(snakemake.log[0])
+
+from dpmedgen.plots.study import privacy_utility_figure
+
+privacy_utility_figure(snakemake.input[0], snakemake.wildcards.dataset, [snakemake.output.png, snakemake.output.pdf])

@@ -1,0 +1,7 @@
+from dpmedgen.logs import setup_rule_log
+
+setup_rule_log(snakemake.log[0])
+
+from dpmedgen.data.stages import split_file
+
+split_file(snakemake.input[0], snakemake.output[0], fractions=snakemake.params.fractions, seed=snakemake.params.seed)

@@ -1,0 +1,20 @@
+from dpmedgen.logs import setup_rule_log
+
+setup_rule_log(snakemake.log[0])
+
+from dpmedgen.runs import RunSpec
+from dpmedgen.train import train_run
+
+train_run(
+    RunSpec.from_wildcards(snakemake.wildcards),
+    images_h5=snakemake.input.images,
+    splits_parquet=snakemake.input.splits,
+    modality=snakemake.params.modality,
+    model_params=dict(snakemake.params.model_params),
+    privacy_params=dict(snakemake.params.privacy_params),
+    delta=snakemake.params.delta,
+    train=dict(snakemake.params.train) | {"threads": snakemake.threads},
+    checkpoint=snakemake.output.checkpoint,
+    ledger=snakemake.output.ledger,
+    log_csv=snakemake.output.train_log,
+)
