@@ -1,0 +1,74 @@
+"""Config schema, registry checks and grid expansion."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpmedgen.config import ConfigError, check_config, load_config, runs, validate_schema
+from dpmedgen.runs import RunSpec, format_epsilon, parse_epsilon
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "configs/ci.yaml"])
+def test_shipped_configs_are_valid(path):
+    load_config(ROOT / path)
+
+
+def test_default_grid(config):
+    grid = runs(config)
+    assert RunSpec("brain_phantom", "dcgan", "none", math.inf, 0) in grid
+    assert RunSpec("brain_phantom", "dcgan", "dpsgd", 1.0, 1) in grid
+    assert len(grid) == len(config["seeds"]) * (1 + len(config["privacy"]["epsilons"]))
+    assert len(config["seeds"]) >= 2 and {1, 10} <= set(config["privacy"]["epsilons"])
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c.update(image_size=48), "image_size"),
+        (lambda c: c["train"].update(steps="many"), "train.steps"),
+        (lambda c: c.update(unknown_key=1), "(top level)"),
+        (lambda c: c["privacy"].update(delta=2), "privacy.delta"),
+        (lambda c: c["privacy"]["dpsgd"].update(unit="slice"), "privacy.dpsgd.unit"),
+    ],
+)
+def test_schema_errors_name_the_key(config, mutate, key):
+    mutate(config)
+    with pytest.raises(ConfigError, match=f"config key {key}"):
+        validate_schema(config)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["models"].update(stylegan={}), "models.stylegan: unknown model"),
+        (lambda c: c["privacy"].update(modes=["none", "dp_sgd"]), "unknown privacy mode 'dp_sgd'"),
+        (lambda c: c["evaluate"].update(metrics=["inception_fid"]), "unknown metric 'inception_fid'"),
+        (lambda c: c["split"]["fractions"].update(train=0.9), "fractions must sum to 1"),
+        (lambda c: c["privacy"].update(epsilons=[]), "need at least one epsilon"),
+    ],
+)
+def test_semantic_errors_name_the_key(config, mutate, message):
+    mutate(config)
+    validate_schema(config)
+    with pytest.raises(ConfigError, match=message):
+        check_config(config)
+
+
+def test_epsilon_spelling_round_trips():
+    for eps in (0.1, 0.5, 1.0, 10.0, math.inf):
+        assert parse_epsilon(format_epsilon(eps)) == eps
+    assert format_epsilon(1.0) == "1" and format_epsilon(math.inf) == "inf"
+    with pytest.raises(ValueError):
+        parse_epsilon("-1")
