@@ -1,7 +1,16 @@
 # Config validation (before any job runs), the run grid, and path templates shared by every stage.
+import os
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# Jobs import the library from this checkout, also inside `--sdm conda` environments that do not install it.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 from dpmedgen.config import check_config, privacy_params, resources, runs
 from dpmedgen.runs import format_epsilon
@@ -13,10 +22,11 @@ check_config(config)
 RESULTS = config.get("results_dir", "results")
 RESOURCES = config.get("resources_dir", "resources")
 RUNS = runs(config)
-RUN_DIR = RESULTS + "/{dataset}/runs/{model}/{privacy}/eps{epsilon}/seed{seed}"
-LOGS = RESULTS + "/logs"
-BENCHMARKS = RESULTS + "/benchmarks"
 RUN_ID = "{dataset}/{model}/{privacy}/eps{epsilon}/seed{seed}"
+RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{model}}/{{privacy}}/eps{{epsilon}}/seed{{seed}}"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+ENV = "../envs/dpmedgen.yaml"
 
 
 wildcard_constraints:
@@ -27,21 +37,19 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def run_paths(filename, dataset=None):
-    """`filename` inside the directory of every run (of one dataset, if given)."""
+def run_paths(filename, runs=RUNS):
+    """`filename` inside the directory of each run."""
+    template = f"{RUN_DIR}/{filename}"
     return [
-        f"{RUN_DIR}/{filename}".format(
-            dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed
-        )
-        for r in RUNS
-        if dataset is None or r.dataset == dataset
+        template.format(dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed)
+        for r in runs
     ]
 
 
 def sample_grid_runs(wildcards):
     """Samples of the first seed of every (model, privacy, epsilon) of a dataset, for the comparison grid."""
     first_seed = min(r.seed for r in RUNS)
-    return [p for p in run_paths("samples.h5", wildcards.dataset) if p.endswith(f"/seed{first_seed}/samples.h5")]
+    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.seed == first_seed])
 
 
 def study_targets():

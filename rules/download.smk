@@ -11,6 +11,8 @@ rule download:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/download/{{dataset}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "download")["mem_mb"],

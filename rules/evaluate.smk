@@ -17,6 +17,8 @@ rule evaluate:
         f"{LOGS}/evaluate/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate/{RUN_ID}.tsv"
+    conda:
+        ENV
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
@@ -36,6 +38,8 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCHMARKS}/aggregate.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "aggregate")["mem_mb"],

@@ -12,6 +12,8 @@ rule generate:
         f"{LOGS}/generate/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/generate/{RUN_ID}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "generate")["mem_mb"],

@@ -11,6 +11,8 @@ rule plot_privacy_utility:
         f"{LOGS}/plot/privacy_utility_{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/plot/privacy_utility_{{dataset}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],
@@ -34,6 +36,8 @@ rule plot_samples:
         f"{LOGS}/plot/samples_{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/plot/samples_{{dataset}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],

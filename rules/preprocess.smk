@@ -12,6 +12,8 @@ rule preprocess:
         f"{LOGS}/preprocess/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/preprocess/{{dataset}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "preprocess")["mem_mb"],
@@ -32,6 +34,8 @@ rule split:
         f"{LOGS}/split/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/split/{{dataset}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=resources(config, "split")["mem_mb"],

@@ -20,6 +20,8 @@ rule train:
         f"{LOGS}/train/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/train/{RUN_ID}.tsv"
+    conda:
+        ENV
     threads: resources(config, "train")["threads"]
     resources:
         mem_mb=resources(config, "train")["mem_mb"],

@@ -27,11 +27,19 @@ import math
 import warnings
 from typing import Any
 
+import logging
+
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.validators import ModuleValidator
 from torch import nn
+
+# Importing opacus adds a handler to the *root* logger, which duplicates every log line of the host program
+# (Snakemake's included). Keep the root logger as the host configured it.
+_root_handlers = list(logging.getLogger().handlers)
+from opacus import PrivacyEngine  # noqa: E402
+from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
+from opacus.validators import ModuleValidator  # noqa: E402
+
+logging.getLogger().handlers = _root_handlers
 from torch.utils.data import DataLoader
 
 from dpmedgen.privacy.base import UNITS, ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
