@@ -13,7 +13,7 @@ from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.models import MODELS, GANModel
 from dpmedgen.privacy import PRIVACY_MODES, TrainingData, write_ledger
 from dpmedgen.runs import RunSpec
-from dpmedgen.train.engine import TrainConfig, train_gan
+from dpmedgen.train.engine import TrainConfig, seed_everything, train_gan
 
 
 def load_training_data(images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modality: str) -> TrainingData:
@@ -42,6 +42,7 @@ def train_run(
     """Train `run` and write its checkpoint, privacy ledger and training log; return the ledger."""
     data = load_training_data(images_h5, splits_parquet, modality)
     image_size = int(data.images.shape[-1])
+    seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
     model: GANModel = MODELS.get(run.model)(image_size=image_size, **model_params)
     privacy = PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=run.seed, **privacy_params)
     cfg = TrainConfig(seed=run.seed, **train)
