@@ -142,3 +142,21 @@ def test_non_private_ledger_states_no_guarantee(tmp_path):
     assert "Infinity" in (tmp_path / "p.json").read_text()
     with pytest.raises(LedgerError, match="Infinity"):
         write_ledger(tmp_path / "q.json", ledger | {"epsilon": 3.0})
+
+
+def test_dpsgd_per_sample_gradients_pair_real_and_fake_exactly():
+    """Opacus' per-sample gradient of the D loss = the gradient of (real_i, fake_i)'s loss alone."""
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    disc = MODELS.get("dcgan")(image_size=32, width=8).discriminator
+    real, fake = torch.randn(5, 1, 32, 32), torch.randn(5, 1, 32, 32)
+    mode = PRIVACY_MODES.get("none")(target_epsilon=math.inf, delta=0.0)
+    wrapped = GradSampleModule(disc, loss_reduction="sum")
+    mode.discriminator_loss(wrapped, real, fake).backward()
+    per_sample = [p.grad_sample.clone() for p in disc.parameters()]
+    wrapped._close()  # remove Opacus' hooks before the reference computation
+    for i in range(5):
+        expected = torch.autograd.grad(mode.discriminator_loss(disc, real[i : i + 1], fake[i : i + 1]), list(disc.parameters()))
+        for gs, g in zip(per_sample, expected):
+            assert torch.allclose(gs[i], g, rtol=1e-4, atol=1e-6), "per-sample gradient mismatch"

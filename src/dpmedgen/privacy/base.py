@@ -89,11 +89,17 @@ class PrivacyMode(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, **params: Any) -> None:
+    #: True for modes that add no privacy to training (output perturbation): the workflow reuses the
+    #: non-private run's checkpoint instead of training the same model again.
+    reuses_nonprivate_training: ClassVar[bool] = False
+
+    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, unit: str = "patient") -> None:
+        if unit not in UNITS:
+            raise ValueError(f"{self.name}: unit must be one of {UNITS}; got {unit!r}")
         self.target_epsilon = float(target_epsilon)
         self.delta = float(delta)
         self.seed = seed
-        self.params = params
+        self.unit = unit
 
     def make_loader(self, data: TrainingData, batch_size: int) -> DataLoader:
         """Loader over real training images (default: shuffled images, full batches)."""
@@ -102,9 +108,28 @@ class PrivacyMode(ABC):
 
     def attach(
         self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
-        """Return the (possibly wrapped) discriminator, its optimizer and the data loader to train with."""
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader | None]:
+        """Return the (possibly replaced) discriminator, its optimizer and the loader of real batches.
+
+        A mode that has already released everything training needs (the functional mechanism) returns
+        no loader: the training loop then never touches real data.
+        """
         return discriminator, optimizer, self.make_loader(data, batch_size)
+
+    def discriminator_loss(self, disc: nn.Module, real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
+        """Discriminator loss summed over the batch: BCE(D(real), 1) + BCE(D(fake), 0)."""
+        bce = nn.BCEWithLogitsLoss(reduction="sum")
+        fake_loss = lambda: bce(disc(fake), torch.zeros(len(fake), device=fake.device))  # noqa: E731
+        if real is None:
+            return fake_loss()
+        # Real pass first, as in Opacus' DCGAN example: Opacus pairs each backward with its forward (LIFO).
+        real_loss = bce(disc(real), torch.ones(len(real), device=real.device))
+        return real_loss + fake_loss()
+
+    @classmethod
+    def postprocess_samples(cls, samples: np.ndarray, ledger: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        """Transform generated samples (values in [0, 1]) before release; identity unless overridden."""
+        return samples
 
     def epsilon_spent(self) -> float:
         """Epsilon spent so far in the mode's primary unit (inf when there is no guarantee)."""

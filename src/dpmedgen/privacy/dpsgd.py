@@ -42,7 +42,7 @@ from opacus.validators import ModuleValidator  # noqa: E402
 logging.getLogger().handlers = _root_handlers
 from torch.utils.data import DataLoader
 
-from dpmedgen.privacy.base import UNITS, ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
+from dpmedgen.privacy.base import ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
 
 ACCOUNTANT = "prv"
 
@@ -58,17 +58,13 @@ class DPSGD(PrivacyMode):
         seed: int = 0,
         max_grad_norm: float = 1.0,
         unit: str = "patient",
-        **params: Any,
     ) -> None:
-        super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, **params)
+        super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, unit=unit)
         if not math.isfinite(self.target_epsilon) or self.target_epsilon <= 0:
             raise ValueError(f"dpsgd needs a finite target epsilon > 0; got {target_epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"dpsgd needs 0 < delta < 1; got {delta}")
-        if unit not in UNITS:
-            raise ValueError(f"dpsgd unit must be one of {UNITS}; got {unit!r}")
         self.max_grad_norm = float(max_grad_norm)
-        self.unit = unit
         self.engine = PrivacyEngine(accountant=ACCOUNTANT)
         self.noise_multiplier: float | None = None
         self.sample_rate: float | None = None

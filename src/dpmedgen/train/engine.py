@@ -117,7 +117,7 @@ def train_gan(
     disc, opt_d, loader = privacy.attach(model.discriminator, opt_d, data, cfg.batch_size, cfg.steps)
     gen = model.generator
     bce = nn.BCEWithLogitsLoss(reduction="sum")
-    batches = _forever(loader)
+    batches = _forever(loader) if loader is not None else None
 
     rows: list[dict[str, float]] = []
     writer = None
@@ -131,14 +131,14 @@ def train_gan(
         t_last, loss_d_acc, loss_g_acc, n_real_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0, 0
         bar = tqdm(range(1, cfg.steps + 1), desc=run_name, disable=not progress, mininterval=2.0)
         for step in bar:
-            real = next(batches).to(device)
-            b = real.shape[0]  # varies under Poisson sampling, may be 0
+            real = next(batches).to(device) if batches is not None else None
+            b = real.shape[0] if real is not None else cfg.batch_size  # varies under Poisson sampling, may be 0
 
             # Discriminator: each real image is paired with one fake (the fake half holds no private data).
             opt_d.zero_grad(set_to_none=True)
             z = model.sample_latent(max(b, 2), device=device)
             fake = gen(z)[:b].detach()
-            loss_d = bce(disc(real), torch.ones(b, device=device)) + bce(disc(fake), torch.zeros(b, device=device))
+            loss_d = privacy.discriminator_loss(disc, real, fake)
             loss_d.backward()
             opt_d.step()
 
