@@ -13,6 +13,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 from dpmedgen.config import check_config, privacy_params, resources, runs
+from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
 
 
@@ -44,6 +45,18 @@ def run_paths(filename, runs=RUNS):
         template.format(dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed)
         for r in runs
     ]
+
+
+def train_inputs(wildcards):
+    """Images and split; modes that reuse the non-private training also get that run's checkpoint and log."""
+    inputs = {
+        "images": f"{RESULTS}/{wildcards.dataset}/images.h5",
+        "splits": f"{RESULTS}/{wildcards.dataset}/splits.parquet",
+    }
+    if PRIVACY_MODES.get(wildcards.privacy).reuses_nonprivate_training:
+        reference = RUN_DIR.format(**(dict(wildcards) | {"privacy": "none", "epsilon": "inf"}))
+        inputs |= {"reference_checkpoint": f"{reference}/checkpoint.pt", "reference_log": f"{reference}/train_log.csv"}
+    return inputs
 
 
 def sample_grid_runs(wildcards):

@@ -4,6 +4,7 @@
 rule generate:
     input:
         checkpoint=f"{RUN_DIR}/checkpoint.pt",
+        ledger=f"{RUN_DIR}/privacy.json",
     output:
         f"{RUN_DIR}/samples.h5",
     params:

@@ -4,8 +4,7 @@
 
 rule train:
     input:
-        images=f"{RESULTS}/{{dataset}}/images.h5",
-        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
+        unpack(train_inputs),
     output:
         checkpoint=f"{RUN_DIR}/checkpoint.pt",
         ledger=f"{RUN_DIR}/privacy.json",

@@ -30,7 +30,9 @@ def test_default_grid(config):
     grid = runs(config)
     assert RunSpec("brain_phantom", "dcgan", "none", math.inf, 0) in grid
     assert RunSpec("brain_phantom", "dcgan", "dpsgd", 1.0, 1) in grid
-    assert len(grid) == len(config["seeds"]) * (1 + len(config["privacy"]["epsilons"]))
+    private = [m for m in config["privacy"]["modes"] if m != "none"]
+    assert len(grid) == len(config["seeds"]) * (1 + len(private) * len(config["privacy"]["epsilons"]))
+    assert {r.privacy for r in grid} == set(config["privacy"]["modes"])
     assert len(config["seeds"]) >= 2 and {1, 10} <= set(config["privacy"]["epsilons"])
 
 
@@ -41,7 +43,6 @@ def test_default_grid(config):
         (lambda c: c["train"].update(steps="many"), "train.steps"),
         (lambda c: c.update(unknown_key=1), "(top level)"),
         (lambda c: c["privacy"].update(delta=2), "privacy.delta"),
-        (lambda c: c["privacy"]["dpsgd"].update(unit="slice"), "privacy.dpsgd.unit"),
     ],
 )
 def test_schema_errors_name_the_key(config, mutate, key):
@@ -58,6 +59,9 @@ def test_schema_errors_name_the_key(config, mutate, key):
         (lambda c: c["evaluate"].update(metrics=["inception_fid"]), "unknown metric 'inception_fid'"),
         (lambda c: c["split"]["fractions"].update(train=0.9), "fractions must sum to 1"),
         (lambda c: c["privacy"].update(epsilons=[]), "need at least one epsilon"),
+        (lambda c: c["privacy"]["dpsgd"].update(unit="slice"), "privacy.dpsgd: .*unit must be one of"),
+        (lambda c: c["privacy"]["dpsgd"].update(clip=1.0), "privacy.dpsgd.clip: not a parameter of dpsgd"),
+        (lambda c: c["privacy"].update(dp_sgd={}), "privacy.dp_sgd: unknown privacy mode"),
     ],
 )
 def test_semantic_errors_name_the_key(config, mutate, message):

@@ -88,3 +88,21 @@ def test_divergence_stops_with_run_and_step():
     model = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=8)
     with pytest.raises(TrainingDiverged, match="toy/run: non-finite loss at step 1"):
         train_gan(model, data, _ExplodingMode(target_epsilon=math.inf, delta=0), TrainConfig(steps=3, batch_size=4), run_name="toy/run", progress=False)
+
+
+def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
+    ref = tmp_path / "none"
+    _train(study, ref, RunSpec("toy", "dcgan", "none", math.inf, 3))
+    out = tmp_path / "out"
+    run = RunSpec("toy", "dcgan", "output_laplace", 5.0, 3)
+    ledger = _train(study, out, run, reference_checkpoint=ref / "checkpoint.pt", reference_log=ref / "train_log.csv")
+    assert ledger["guarantee"] == "none" and ledger["trained_by"]["privacy"] == "none"
+    a = torch.load(ref / "checkpoint.pt", weights_only=True)["generator"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["generator"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    clean = generate_samples(ref / "checkpoint.pt", ref / "s.h5", n_samples=6, seed=3, ledger=ref / "privacy.json")
+    noisy = generate_samples(out / "checkpoint.pt", out / "s.h5", n_samples=6, seed=3, ledger=out / "privacy.json")
+    assert not np.allclose(clean.modalities["mri"], noisy.modalities["mri"])
+    with pytest.raises(ValueError, match="expected"):
+        _train(study, tmp_path / "bad", RunSpec("toy", "dcgan", "output_laplace", 5.0, 4),
+               reference_checkpoint=ref / "checkpoint.pt", reference_log=ref / "train_log.csv")

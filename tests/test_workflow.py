@@ -31,7 +31,8 @@ def test_ci_study_end_to_end(tmp_path):
 
     metrics = pd.read_parquet(results / "metrics.parquet")
     assert {"dataset", "model", "privacy", "epsilon", "seed", "metric", "value"} <= set(metrics.columns)
-    n_runs = len(config["seeds"]) * (1 + len(config["privacy"]["epsilons"]))
+    private = [m for m in config["privacy"]["modes"] if m != "none"]
+    n_runs = len(config["seeds"]) * (1 + len(private) * len(config["privacy"]["epsilons"]))
     assert metrics.groupby(["privacy", "epsilon", "seed"]).ngroups == n_runs
     assert {"fid_effnetlite0", "kid_effnetlite0", "ssim_nn", "psnr_nn"} <= set(metrics["metric"])
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
@@ -39,8 +40,11 @@ def test_ci_study_end_to_end(tmp_path):
 
     privacy = pd.read_parquet(results / "privacy.parquet")
     assert len(privacy) == n_runs
-    private = privacy[privacy.privacy == "dpsgd"]
-    assert (private.epsilon <= private.epsilon_target).all() and (private.unit == "patient").all()
+    assert set(privacy.privacy) == set(config["privacy"]["modes"])
+    formal = privacy[privacy.guarantee == "formal"]
+    assert (formal.epsilon <= formal.epsilon_target * (1 + 1e-6)).all() and (formal.unit == "patient").all()
+    assert set(formal.privacy) == {"dpsgd", "input_laplace", "input_gaussian", "functional"}
+    assert privacy.loc[privacy.privacy.str.startswith("output_"), "epsilon"].map(math.isinf).all()
     ledger = json.loads(next(results.glob("brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json")).read_text())
     assert ledger["epsilon"] <= 1.0 and ledger["noise_multiplier"] > 0
 

@@ -10,4 +10,5 @@ generate_samples(
     n_samples=snakemake.params.n_samples,
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
+    ledger=snakemake.input.ledger,
 )

@@ -17,4 +17,6 @@ train_run(
     checkpoint=snakemake.output.checkpoint,
     ledger=snakemake.output.ledger,
     log_csv=snakemake.output.train_log,
+    reference_checkpoint=snakemake.input.get("reference_checkpoint"),
+    reference_log=snakemake.input.get("reference_log"),
 )

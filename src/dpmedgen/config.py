@@ -7,6 +7,7 @@ job, so a bad config stops the workflow with a message naming the offending key.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from pathlib import Path
@@ -52,6 +53,19 @@ def check_config(config: dict[str, Any]) -> None:
     for name in config["privacy"]["modes"]:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
+    for name, params in config["privacy"].items():
+        if name in ("modes", "epsilons", "delta"):
+            continue
+        if name not in PRIVACY_MODES:
+            raise ConfigError(f"config key privacy.{name}: unknown privacy mode; known: {PRIVACY_MODES.names()}")
+        accepted = set(inspect.signature(PRIVACY_MODES.get(name).__init__).parameters) - {"self", "target_epsilon", "delta", "seed"}
+        unknown = sorted(set(params or {}) - accepted)
+        if unknown:
+            raise ConfigError(f"config key privacy.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)}")
+        try:  # constructing the mode validates the values (training-time checks come later, per run)
+            PRIVACY_MODES.get(name)(target_epsilon=1.0, delta=config["privacy"]["delta"], **(params or {}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key privacy.{name}: {err}") from None
     for name in config["evaluate"]["metrics"]:
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics: unknown metric {name!r}; known: {METRICS.names()}")

@@ -11,15 +11,12 @@ from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.plots.privacy_utility import plot_privacy_utility
 from dpmedgen.plots.samples import plot_sample_grid
+from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key
 from dpmedgen.runs import RunSpec
-
-MODEL_NAMES = {"dcgan": "DCGAN", "sngan": "SNGAN", "ddcgan": "DDcGAN", "ddpm": "DDPM"}
-PRIVACY_NAMES = {"none": "non-private", "dpsgd": "DP-SGD"}
 
 
 def run_label(run: RunSpec) -> str:
-    model = MODEL_NAMES.get(run.model, run.model)
-    privacy = PRIVACY_NAMES.get(run.privacy, run.privacy)
+    model, privacy = model_label(run.model), privacy_label(run.privacy)
     return f"{model} · {privacy}" if run.privacy == "none" else f"{model} · {privacy} ε={run.epsilon:g}"
 
 
@@ -43,7 +40,7 @@ def samples_figure(
         samples = read_image_set(f, modalities=[modality])
         run = RunSpec(**samples.provenance["run"])
         rows.append((run, samples.modalities[modality][:n_columns]))
-    rows.sort(key=lambda r: (r[0].model, r[0].privacy != "none", r[0].privacy, -r[0].epsilon))
+    rows.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
     plot_sample_grid(
         real.modalities[modality][:n_columns],
         [(run_label(run), pixels) for run, pixels in rows],

@@ -28,21 +28,34 @@ import warnings
 from typing import Any
 
 import logging
+from types import SimpleNamespace
 
 import torch
 from torch import nn
-
-# Importing opacus adds a handler to the *root* logger, which duplicates every log line of the host program
-# (Snakemake's included). Keep the root logger as the host configured it.
-_root_handlers = list(logging.getLogger().handlers)
-from opacus import PrivacyEngine  # noqa: E402
-from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
-from opacus.validators import ModuleValidator  # noqa: E402
-
-logging.getLogger().handlers = _root_handlers
 from torch.utils.data import DataLoader
 
 from dpmedgen.privacy.base import ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
+
+
+def _opacus() -> SimpleNamespace:
+    """Import Opacus on first use: it is slow to import (torch.distributed, sympy), and most jobs
+    (generation, evaluation, plots, Snakemake's own process) never need it. Importing opacus also adds a
+    handler to the *root* logger, which would duplicate every log line of the host program; keep the root
+    logger as the host configured it."""
+    root_handlers = list(logging.getLogger().handlers)
+    import opacus
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.validators import ModuleValidator
+
+    logging.getLogger().handlers = root_handlers
+    return SimpleNamespace(
+        version=opacus.__version__,
+        PrivacyEngine=PrivacyEngine,
+        get_noise_multiplier=get_noise_multiplier,
+        ModuleValidator=ModuleValidator,
+    )
+
 
 ACCOUNTANT = "prv"
 
@@ -65,7 +78,7 @@ class DPSGD(PrivacyMode):
         if not 0 < self.delta < 1:
             raise ValueError(f"dpsgd needs 0 < delta < 1; got {delta}")
         self.max_grad_norm = float(max_grad_norm)
-        self.engine = PrivacyEngine(accountant=ACCOUNTANT)
+        self.engine = None  # opacus.PrivacyEngine, created in attach()
         self.noise_multiplier: float | None = None
         self.sample_rate: float | None = None
         self.planned_steps = 0
@@ -74,7 +87,9 @@ class DPSGD(PrivacyMode):
     def attach(
         self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
-        errors = ModuleValidator.validate(discriminator, strict=False)
+        opacus = _opacus()
+        self.engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
+        errors = opacus.ModuleValidator.validate(discriminator, strict=False)
         if errors:
             raise ValueError(f"the discriminator cannot be trained with DP-SGD: {errors}")
         dataset = PatientSliceDataset(data, seed=self.seed) if self.unit == "patient" else ImageDataset(data)
@@ -91,7 +106,7 @@ class DPSGD(PrivacyMode):
         with warnings.catch_warnings():
             # The PRV accountant sizes its domain with an RDP bound; a large RDP order there is harmless.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            self.noise_multiplier = get_noise_multiplier(
+            self.noise_multiplier = opacus.get_noise_multiplier(
                 target_epsilon=self.target_epsilon,
                 target_delta=self.delta,
                 sample_rate=self.sample_rate,
@@ -118,10 +133,10 @@ class DPSGD(PrivacyMode):
 
     @property
     def steps_taken(self) -> int:
-        return sum(n for _, _, n in self.engine.accountant.history)
+        return sum(n for _, _, n in self.engine.accountant.history) if self.engine else 0
 
     def epsilon_spent(self) -> float:
-        if not self.engine.accountant.history:
+        if self.engine is None or not self.engine.accountant.history:
             return 0.0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
@@ -145,12 +160,7 @@ class DPSGD(PrivacyMode):
             "max_grad_norm": self.max_grad_norm,
             "n_units": self.n_units,
             "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
-            "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus_version()}",
+            "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
             "protected_networks": ["discriminator"],
         }
 
-
-def _opacus_version() -> str:
-    import opacus
-
-    return opacus.__version__
