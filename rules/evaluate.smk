@@ -1,4 +1,29 @@
-# Metrics of each run against real held-out patients, then the study tables.
+# Metrics of each run against real held-out patients (their encoder features computed once per dataset),
+# then the study tables.
+
+
+rule real_features:
+    input:
+        images=f"{RESULTS}/{{dataset}}/images.h5",
+        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/real_features.pt",
+    params:
+        modality=lambda w: config["datasets"][w.dataset]["modality"],
+        split=config["evaluate"].get("split", "test"),
+        batch_size=config["evaluate"].get("batch_size", 64),
+    log:
+        f"{LOGS}/real_features/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/real_features/{{dataset}}.tsv"
+    conda:
+        ENV
+    threads: resources(config, "evaluate")["threads"]
+    resources:
+        mem_mb=resources(config, "evaluate")["mem_mb"],
+        runtime=resources(config, "evaluate")["runtime"],
+    script:
+        "../workflow_scripts/real_features.py"
 
 
 rule evaluate:
@@ -6,6 +31,7 @@ rule evaluate:
         samples=f"{RUN_DIR}/samples.h5",
         images=f"{RESULTS}/{{dataset}}/images.h5",
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
+        real_features=f"{RESULTS}/{{dataset}}/real_features.pt",
     output:
         f"{RUN_DIR}/metrics.parquet",
     params:

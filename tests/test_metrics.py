@@ -269,3 +269,18 @@ def test_context_computes_features_once(real, monkeypatch):
     assert set(out) == {"fid_effnetlite0", "kid_effnetlite0", "kid_effnetlite0_std"}
     ctx = EvalContext(real, real[:10])
     assert ctx.real_features is ctx.real_features
+
+
+def test_precomputed_real_features_give_identical_results():
+    from dpmedgen.metrics import evaluate
+    from dpmedgen.metrics.encoder import extract_features
+
+    rng = np.random.default_rng(4)
+    real = rng.random((12, 32, 32), dtype=np.float32)
+    fake = np.clip(real[:10] + rng.normal(0, 0.05, (10, 32, 32)).astype(np.float32), 0, 1)
+    families = ["fid_effnetlite0", "kid_effnetlite0"]
+    direct = evaluate(real, fake, families, seed=1)
+    cached = evaluate(real, fake, families, seed=1, real_features=extract_features(real))
+    assert cached == pytest.approx(direct, rel=1e-9)
+    with pytest.raises(ValueError, match="real_features must be"):
+        evaluate(real, fake, families, real_features=extract_features(real[:5]))

@@ -15,5 +15,6 @@ evaluate_run(
     split=snakemake.params.split,
     batch_size=snakemake.params.batch_size,
     threads=snakemake.threads,
+    real_features_file=snakemake.input.real_features,
     out_parquet=snakemake.output[0],
 )

@@ -17,6 +17,7 @@ import pandas as pd
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.metrics import evaluate as compute_metrics
+from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
 from dpmedgen.runs import RunSpec
 
@@ -31,6 +32,33 @@ def _write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def _real_images(images_h5, splits_parquet, split: str, modality: str):
+    return select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
+
+
+def real_features(
+    *,
+    images_h5: str | os.PathLike,
+    splits_parquet: str | os.PathLike,
+    modality: str,
+    split: str,
+    out_path: str | os.PathLike,
+    batch_size: int = 64,
+    threads: int = 1,
+) -> None:
+    """Encoder features of the real images of `split`, computed once and shared by every run's evaluation."""
+    import torch
+
+    torch.set_num_threads(threads)
+    real = _real_images(images_h5, splits_parquet, split, modality)
+    features = extract_features(real.modalities[modality], batch_size=batch_size)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"features": features, "patient_id": real.patient_id.tolist(), "slice": real.slice.tolist()}, tmp)
+    os.replace(tmp, path)
+
+
 def evaluate_run(
     run: RunSpec,
     *,
@@ -42,15 +70,24 @@ def evaluate_run(
     split: str = "test",
     batch_size: int = 64,
     threads: int = 1,
+    real_features_file: str | os.PathLike | None = None,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
     """Compare a run's samples with the real images of `split`; write and return the long metric rows."""
     import torch
 
     torch.set_num_threads(threads)
-    real = select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
+    real = _real_images(images_h5, splits_parquet, split, modality)
     fake = read_image_set(samples_h5, modalities=[modality])
-    values = compute_metrics(real.modalities[modality], fake.modalities[modality], metrics, batch_size=batch_size, seed=run.seed)
+    features = None
+    if real_features_file is not None:
+        cached = torch.load(real_features_file, weights_only=True)
+        if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
+            raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
+        features = cached["features"]
+    values = compute_metrics(
+        real.modalities[modality], fake.modalities[modality], metrics, batch_size=batch_size, seed=run.seed, real_features=features
+    )
     rows = pd.DataFrame(
         [run.as_dict() | {"metric": name, "value": float(v), "reference": f"{split} split", "n_real": len(real), "n_fake": len(fake)}
          for name, v in values.items()]

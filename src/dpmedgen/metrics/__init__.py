@@ -29,7 +29,7 @@ import torch
 
 from ..registry import Registry
 from . import fidelity, image_quality
-from .encoder import DEFAULT_INPUT_SIZE, extract_features
+from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
 
 __all__ = [
     "METRICS",
@@ -162,6 +162,7 @@ class EvalContext:
         seed: int = 0,
         input_size: int = DEFAULT_INPUT_SIZE,
         progress: bool | None = None,
+        real_features: torch.Tensor | None = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
@@ -177,6 +178,13 @@ class EvalContext:
         self.input_size = int(input_size)
         # a progress bar only when there is enough work for it to matter
         self.progress = (len(self.real) + len(self.fake) > 2000) if progress is None else progress
+        if real_features is not None:  # computed once per dataset by the caller (see `real_features`)
+            if tuple(real_features.shape) != (len(self.real), NUM_FEATURES):
+                raise ValueError(
+                    f"real_features must be ({len(self.real)}, {NUM_FEATURES}) for these real images; "
+                    f"got {tuple(real_features.shape)}"
+                )
+            self.__dict__["real_features"] = real_features.to(torch.float64)
 
     def _features(self, images: np.ndarray) -> torch.Tensor:
         return extract_features(
@@ -208,19 +216,21 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     *,
+    real_features: torch.Tensor | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Run the metric ``families`` (default: all registered) and return ``{metric_name: value}``.
 
     Raises ValueError for bad inputs (empty, wrong ndim, values outside [0, 1], size mismatch; the message
-    names ``real`` or ``fake``) or unknown families. Deterministic given ``seed`` (KID subsets). If
-    ``timings`` is a dict it receives the seconds spent per family.
+    names ``real`` or ``fake``) or unknown families. Deterministic given ``seed`` (KID subsets).
+    ``real_features`` (from ``extract_features(real)``) skips recomputing the encoder on the real images,
+    which are shared by every run of a study. If ``timings`` is a dict it receives the seconds per family.
     """
     fams = METRICS.names() if families is None else list(families)
     unknown = [f for f in fams if f not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric families {unknown}; known: {', '.join(METRICS.names())}")
-    ctx = EvalContext(real, fake, device=device, batch_size=batch_size, seed=seed)
+    ctx = EvalContext(real, fake, device=device, batch_size=batch_size, seed=seed, real_features=real_features)
     out: dict[str, float] = {}
     for fam in fams:
         t0 = time.perf_counter()

@@ -133,6 +133,7 @@ class InputPerturbation(PrivacyMode):
                 "training on the released images is post-processing"
             ),
             "accountant": "dp_accounting (analytic Gaussian calibration, PLD composition)",
+            "assumes": "k = max_images_per_patient is public (fixed by the acquisition protocol)",
         }
 
 
