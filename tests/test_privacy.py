@@ -160,3 +160,28 @@ def test_dpsgd_per_sample_gradients_pair_real_and_fake_exactly():
         expected = torch.autograd.grad(mode.discriminator_loss(disc, real[i : i + 1], fake[i : i + 1]), list(disc.parameters()))
         for gs, g in zip(per_sample, expected):
             assert torch.allclose(gs[i], g, rtol=1e-4, atol=1e-6), "per-sample gradient mismatch"
+
+
+def test_group_privacy_conversion():
+    from dpmedgen.privacy.mechanisms import group_privacy
+
+    assert group_privacy(1.0, 1e-6, 1) == (1.0, 1e-6)
+    eps, delta = group_privacy(0.5, 1e-8, 3)
+    assert eps == pytest.approx(1.5) and delta == pytest.approx(3 * math.exp(1.0) * 1e-8)
+    assert group_privacy(10.0, 1e-5, 12) == (math.inf, 1.0)  # vacuous: reported as such
+    assert group_privacy(2.0, 0.0, 4) == (8.0, 0.0)  # pure DP: exactly k * epsilon
+
+
+def test_image_unit_ledger_reports_patient_level_conversion():
+    data = _indexed_data(30, 3)
+    mode = DPSGD(target_epsilon=0.5, delta=1e-6, unit="image")
+    disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+    module, optimizer, loader = mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=10, steps=3)
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        module(next(iter(loader))).sum().backward()
+        optimizer.step()
+    ledger = mode.ledger()
+    assert ledger["unit"] == "image" and ledger["epsilon_per_image"] == ledger["epsilon"] <= 0.5
+    assert ledger["epsilon_per_patient"] == pytest.approx(3 * ledger["epsilon"])
+    assert ledger["delta_per_patient"] == pytest.approx(3 * math.exp(2 * ledger["epsilon"]) * 1e-6)

@@ -71,7 +71,8 @@ def test_bad_config_stops_before_any_job(tmp_path):
 def test_large_grid_plans(tmp_path):
     """A 1,000-run grid must plan (dry run) without building anything."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["privacy"]["epsilons"] = [0.1 * k for k in range(1, 100)]
+    config["privacy"]["modes"] = ["none", "dpsgd"]
+    config["privacy"]["epsilons"] = [0.1 * k for k in range(1, 100)]  # 10 seeds x (99 epsilons + none)
     config["seeds"] = list(range(10))
     big = tmp_path / "big.yaml"
     big.write_text(yaml.safe_dump(config))

@@ -18,7 +18,8 @@ Units:
   exactly one uniformly drawn slice (`PatientSliceDataset`). Adjacency is adding or removing one patient
   with all of their images, so epsilon is per patient.
 - ``image``: the dataset is the list of images; adjacency is adding or removing one image. A patient with
-  k images is then only protected at group size k (not reported as a per-patient epsilon here).
+  k images is then protected only at group size k: the ledger reports the group-privacy conversion
+  (kε, k·e^((k−1)ε)·δ) beside the per-image epsilon, which is vacuous (infinite) for many slices.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dpmedgen.privacy.base import ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
+from dpmedgen.privacy.mechanisms import group_privacy
 
 
 def _opacus() -> SimpleNamespace:
@@ -83,6 +85,7 @@ class DPSGD(PrivacyMode):
         self.sample_rate: float | None = None
         self.planned_steps = 0
         self.n_units = 0
+        self.max_images_per_patient = 0
 
     def attach(
         self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
@@ -93,6 +96,7 @@ class DPSGD(PrivacyMode):
         if errors:
             raise ValueError(f"the discriminator cannot be trained with DP-SGD: {errors}")
         dataset = PatientSliceDataset(data, seed=self.seed) if self.unit == "patient" else ImageDataset(data)
+        self.max_images_per_patient = int(data.images_per_patient().max())
         self.n_units = len(dataset)
         if self.delta >= 1.0 / self.n_units:
             raise ValueError(
@@ -146,7 +150,18 @@ class DPSGD(PrivacyMode):
         epsilon = self.epsilon_spent()
         if epsilon > self.target_epsilon * (1 + 1e-9):
             raise RuntimeError(f"DP-SGD spent epsilon {epsilon:.4f} > target {self.target_epsilon}")
-        return {
+        if self.unit == "patient":
+            per_patient = {"epsilon_per_patient": epsilon, "delta_per_patient": self.delta}
+        else:
+            eps_p, delta_p = group_privacy(epsilon, self.delta, self.max_images_per_patient)
+            per_patient = {
+                "epsilon_per_image": epsilon,
+                "epsilon_per_patient": eps_p,
+                "delta_per_patient": delta_p,
+                "patient_conversion": f"group privacy over k = {self.max_images_per_patient} images "
+                "(Dwork & Roth 2014, Thm 2.2); Infinity means the conversion is vacuous",
+            }
+        return per_patient | {
             "mechanism": "dpsgd",
             "guarantee": "formal",
             "unit": self.unit,
@@ -159,6 +174,7 @@ class DPSGD(PrivacyMode):
             "steps": self.steps_taken,
             "max_grad_norm": self.max_grad_norm,
             "n_units": self.n_units,
+            "max_images_per_patient": self.max_images_per_patient,
             "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
             "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
             "protected_networks": ["discriminator"],

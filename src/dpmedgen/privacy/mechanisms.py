@@ -57,3 +57,20 @@ def laplace_epsilon(scale: float, l1_sensitivity: float, delta: float = 0.0, com
     if delta == 0.0:
         return compositions * l1_sensitivity / scale
     return _pld_epsilon(dp_event.LaplaceDpEvent(scale / l1_sensitivity), compositions, delta)
+
+
+def group_privacy(epsilon: float, delta: float, group_size: int) -> tuple[float, float]:
+    """(ε, δ) for groups of `group_size` records from an (ε, δ)-DP guarantee for one record.
+
+    Group privacy (Dwork & Roth 2014, Thm 2.2, extended to approximate DP; Vadhan 2017, Lemma 2.2):
+    (ε, δ)-DP for one record implies (kε, k·e^((k−1)ε)·δ)-DP for any k records. No kept library
+    (Opacus, dp-accounting) provides this conversion, so it is written here. δ grows exponentially in k:
+    when the result reaches 1 the statement is vacuous, which this returns as (inf, 1.0).
+    """
+    k = int(group_size)
+    if k < 1:
+        raise ValueError(f"group_size must be >= 1; got {group_size}")
+    group_delta = k * math.exp((k - 1) * epsilon) * delta if delta > 0 else 0.0
+    if group_delta >= 1.0:
+        return math.inf, 1.0
+    return k * epsilon, group_delta
