@@ -120,6 +120,8 @@ def test_dpsgd_spends_at_most_target_and_recomputes_with_pld(trained_dpsgd):
     assert 0 < ledger["epsilon"] <= 3.0
     assert ledger["epsilon"] > 0.9 * 3.0, "sigma should be the smallest that meets the target"
     assert rows[-1]["epsilon"] == pytest.approx(ledger["epsilon"])
+    assert ledger["epsilon_per_patient"] == ledger["epsilon"]
+    assert ledger["epsilon_per_image"] == pytest.approx(2 * ledger["epsilon"])
     # An independent accountant (Google's dp-accounting, PLD) from the ledger's own parameters.
     assert _pld_epsilon(ledger) == pytest.approx(ledger["epsilon"], rel=0.03)
 

@@ -151,7 +151,17 @@ class DPSGD(PrivacyMode):
         if epsilon > self.target_epsilon * (1 + 1e-9):
             raise RuntimeError(f"DP-SGD spent epsilon {epsilon:.4f} > target {self.target_epsilon}")
         if self.unit == "patient":
-            per_patient = {"epsilon_per_patient": epsilon, "delta_per_patient": self.delta}
+            # Adding or removing one image changes one patient's record: a replacement, i.e. a removal and
+            # an addition of a patient, so the per-image statement is group privacy at size 2.
+            eps_i, delta_i = group_privacy(epsilon, self.delta, 2)
+            per_patient = {
+                "epsilon_per_patient": epsilon,
+                "delta_per_patient": self.delta,
+                "epsilon_per_image": eps_i,
+                "delta_per_image": delta_i,
+                "image_conversion": "one image changes one patient's record (remove + add): group privacy "
+                "at size 2 (Dwork & Roth 2014, Thm 2.2)",
+            }
         else:
             eps_p, delta_p = group_privacy(epsilon, self.delta, self.max_images_per_patient)
             per_patient = {

@@ -153,7 +153,8 @@ class OutputPerturbation(PrivacyMode):
     noise: ClassVar[str] = ""
     reuses_nonprivate_training = True
 
-    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, unit: str = "image") -> None:
+    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0) -> None:
+        # No unit to choose: the noise is per released image, and there is no guarantee for training data.
         super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, unit="image")
         _check_target(self)
         self.n_pixels = 0
