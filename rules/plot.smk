@@ -3,7 +3,8 @@
 
 rule plot_privacy_utility:
     input:
-        f"{RESULTS}/metrics.parquet",
+        metrics=f"{RESULTS}/metrics.parquet",
+        privacy=f"{RESULTS}/privacy.parquet",
     output:
         png=f"{RESULTS}/figures/privacy_utility_{{dataset}}.png",
         pdf=f"{RESULTS}/figures/privacy_utility_{{dataset}}.pdf",

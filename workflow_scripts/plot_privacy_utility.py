@@ -4,4 +4,6 @@ setup_rule_log(snakemake.log[0])
 
 from dpmedgen.plots.study import privacy_utility_figure
 
-privacy_utility_figure(snakemake.input[0], snakemake.wildcards.dataset, [snakemake.output.png, snakemake.output.pdf])
+privacy_utility_figure(
+    snakemake.input.metrics, snakemake.input.privacy, snakemake.wildcards.dataset, [snakemake.output.png, snakemake.output.pdf]
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Collection, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,14 @@ def plot_privacy_utility(
     dataset: str,
     paths: Sequence[str | os.PathLike] | str | os.PathLike,
     metric_info: Mapping[str, Any] | None = None,
+    xlabel: str = "privacy budget ε (log scale)",
+    no_guarantee: Collection[str] = (),
 ) -> None:
     """Plot utility metrics against ε for one dataset and save to every path in ``paths``.
+
+    ``xlabel`` should name the unit of ε (the study layer derives it from the privacy ledgers);
+    techniques in ``no_guarantee`` are marked "(no guarantee)" in the legend, since their ε describes
+    noise that protects no training record.
 
     ``metrics`` is the long table ``dataset, model, privacy, epsilon, seed, metric, value`` (``epsilon`` is
     ``inf`` for ``privacy == "none"``). One panel per metric (``*_std`` helper metrics are skipped); x = ε on a
@@ -156,7 +162,7 @@ def plot_privacy_utility(
             ax.set_xticklabels([_fmt_eps(e) for e in eps_values])
             ax.xaxis.set_minor_locator(NullLocator())
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("privacy budget ε (log scale)" if k + ncols >= n else "")
+            ax.set_xlabel(xlabel if k + ncols >= n else "")
         else:
             ax.set_xlim(1, 10)
             ax.xaxis.set_major_locator(NullLocator())
@@ -171,7 +177,7 @@ def plot_privacy_utility(
     # one shared legend under the panels (never on top of data), one column per group:
     # colour = privacy technique, marker = model, dashed = non-private reference of a model
     groups: list[list[Line2D]] = [
-        [Line2D([], [], color=privacy_color(p), lw=1.6, label=privacy_label(p)) for p in privacies],
+        [Line2D([], [], color=privacy_color(p), lw=1.6, label=privacy_label(p) + (" (no guarantee)" if p in no_guarantee else "")) for p in privacies],
         [
             Line2D([], [], color="#777777", lw=0, marker=model_marker(m), ms=5, mec="white", mew=0.5,
                    label=model_label(m))

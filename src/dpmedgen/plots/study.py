@@ -20,8 +20,20 @@ def run_label(run: RunSpec) -> str:
     return f"{model} · {privacy}" if run.privacy == "none" else f"{model} · {privacy} ε={run.epsilon:g}"
 
 
-def privacy_utility_figure(metrics_parquet: str | os.PathLike, dataset: str, paths: Sequence[str | os.PathLike]) -> None:
-    plot_privacy_utility(pd.read_parquet(metrics_parquet), dataset, list(paths))
+def privacy_utility_figure(
+    metrics_parquet: str | os.PathLike, privacy_parquet: str | os.PathLike, dataset: str, paths: Sequence[str | os.PathLike]
+) -> None:
+    """Privacy-utility figure; the x-axis names the unit of ε from the runs' ledgers."""
+    ledgers = pd.read_parquet(privacy_parquet)
+    ledgers = ledgers[(ledgers["dataset"] == dataset) & (ledgers["privacy"] != "none")]
+    formal = ledgers[ledgers["guarantee"] == "formal"]
+    units = sorted(set(formal["unit"]))
+    if len(units) == 1:
+        xlabel = f"target ε per {units[0]} (log scale)"
+    else:
+        xlabel = "target ε (log scale; units differ, see privacy.parquet)" if units else "noise calibration ε (log scale)"
+    no_guarantee = set(ledgers.loc[ledgers["guarantee"] == "none", "privacy"])
+    plot_privacy_utility(pd.read_parquet(metrics_parquet), dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee)
 
 
 def samples_figure(
