@@ -128,7 +128,7 @@ def train_gan(
         writer = csv.DictWriter(fh, fieldnames=["step", "loss_d", "loss_g", "real_batch", "epsilon", "seconds_per_step"])
         writer.writeheader()
     try:
-        t_last, loss_d_acc, loss_g_acc, n_real_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0, 0
+        t_last, loss_d_acc, loss_g_acc, n_pairs_acc, n_real_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0, 0, 0
         bar = tqdm(range(1, cfg.steps + 1), desc=run_name, disable=not progress, mininterval=2.0)
         for step in bar:
             real = next(batches).to(device) if batches is not None else None
@@ -155,13 +155,14 @@ def train_gan(
                 raise TrainingDiverged(f"{run_name}: non-finite loss at step {step} (loss_d={ld}, loss_g={lg})")
             loss_d_acc += ld
             loss_g_acc += lg
-            n_real_acc += b
+            n_pairs_acc += b
+            n_real_acc += real.shape[0] if real is not None else 0  # real images read (0 after a one-time release)
             n_acc += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 row = {
                     "step": step,
-                    "loss_d": loss_d_acc / max(n_real_acc, 1),
+                    "loss_d": loss_d_acc / max(n_pairs_acc, 1),
                     "loss_g": loss_g_acc / n_acc,
                     "real_batch": n_real_acc / n_acc,
                     "epsilon": privacy.epsilon_spent(),
@@ -172,7 +173,7 @@ def train_gan(
                     writer.writerow(row)
                     fh.flush()
                 bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", eps=f"{row['epsilon']:.2f}")
-                t_last, loss_d_acc, loss_g_acc, n_real_acc, n_acc = now, 0.0, 0.0, 0, 0
+                t_last, loss_d_acc, loss_g_acc, n_pairs_acc, n_real_acc, n_acc = now, 0.0, 0.0, 0, 0, 0
     finally:
         if fh is not None:
             fh.close()
