@@ -12,13 +12,17 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
-from dpmedgen.config import check_config, privacy_params, resources, runs
+from dpmedgen.config import check_config, model_params, privacy_params, resources, runs, skipped_pairs, train_settings
+from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
 
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+
+for _model, _mode in skipped_pairs(config):
+    logger.info(f"dpmedgen: privacy mode {_mode!r} does not apply to model {_model!r}; those runs are left out of the grid")
 
 RESULTS = config.get("results_dir", "results")
 RESOURCES = config.get("resources_dir", "resources")
@@ -55,7 +59,11 @@ def train_inputs(wildcards):
     }
     if PRIVACY_MODES.get(wildcards.privacy).reuses_nonprivate_training:
         reference = RUN_DIR.format(**(dict(wildcards) | {"privacy": "none", "epsilon": "inf"}))
-        inputs |= {"reference_checkpoint": f"{reference}/checkpoint.pt", "reference_log": f"{reference}/train_log.csv"}
+        inputs |= {
+            "reference_checkpoint": f"{reference}/checkpoint.pt",
+            "reference_log": f"{reference}/train_log.csv",
+            "reference_progress": f"{reference}/progress",
+        }
     return inputs
 
 
@@ -63,6 +71,17 @@ def sample_grid_runs(wildcards):
     """Samples of the first seed of every (model, privacy, epsilon) of a dataset, for the comparison grid."""
     first_seed = min(r.seed for r in RUNS)
     return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.seed == first_seed])
+
+
+def fusion_models():
+    return [m for m in config["models"] if MODELS.get(m).kind == "fusion"]
+
+
+def fusion_figure_runs(wildcards):
+    """Samples (fused test pairs) of the first seed of every fusion run of a dataset."""
+    first_seed = min(r.seed for r in RUNS)
+    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.seed == first_seed
+                                    and MODELS.get(r.model).kind == "fusion"])
 
 
 def study_targets():
@@ -73,4 +92,6 @@ def study_targets():
             f"{RESULTS}/figures/privacy_utility_{dataset}.pdf",
             f"{RESULTS}/figures/samples_{dataset}.png",
         ]
+        if fusion_models():
+            targets.append(f"{RESULTS}/figures/fusion_{dataset}.png")
     return targets

@@ -1,14 +1,17 @@
-# Draw samples from each trained generator.
+# Draw samples from each trained model (a fusion model fuses the evaluation split's MRI-PET pairs).
 
 
 rule generate:
     input:
         checkpoint=f"{RUN_DIR}/checkpoint.pt",
         ledger=f"{RUN_DIR}/privacy.json",
+        images=f"{RESULTS}/{{dataset}}/images.h5",
+        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
     output:
         f"{RUN_DIR}/samples.h5",
     params:
         n_samples=config["generate"]["n_samples"],
+        split=config["evaluate"].get("split", "test"),
     log:
         f"{LOGS}/generate/{RUN_ID}.log",
     benchmark:

@@ -1,5 +1,6 @@
-# Train one (dataset, model, privacy, epsilon, seed) run; writes the checkpoint, the privacy ledger and
-# the training log.
+# Train one (dataset, model, privacy, epsilon, seed) run; writes the checkpoint, the privacy ledger, the
+# per-epoch training log and progress sample grids. A killed job resumes from {RUN_DIR}/resume.pt when it
+# is run again (e.g. by --retries after a SLURM time limit or preemption).
 
 
 rule train:
@@ -9,12 +10,13 @@ rule train:
         checkpoint=f"{RUN_DIR}/checkpoint.pt",
         ledger=f"{RUN_DIR}/privacy.json",
         train_log=f"{RUN_DIR}/train_log.csv",
+        progress=directory(f"{RUN_DIR}/progress"),
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
-        model_params=lambda w: config["models"][w.model],
+        model_params=lambda w: model_params(config, w.model),
         privacy_params=lambda w: privacy_params(config, w.privacy),
         delta=config["privacy"]["delta"],
-        train=config["train"],
+        train=lambda w: train_settings(config, w.model),
     log:
         f"{LOGS}/train/{RUN_ID}.log",
     benchmark:

@@ -19,7 +19,8 @@ from dpmedgen.privacy.functional import (
     FunctionalMechanism,
 )
 from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplace_scale
-from dpmedgen.train import TrainConfig, train_gan
+from dpmedgen.train import TrainConfig, train_model
+from conftest import attach_one, functional_discriminator_loss
 
 NORMS = {"gaussian": ("l2", 2, L2_SENSITIVITY_PER_IMAGE), "laplace": ("l1", 1, L1_SENSITIVITY_PER_IMAGE)}
 
@@ -48,7 +49,7 @@ def _attached(noise="gaussian", unit="patient", n_patients=12, per_patient=3, si
     data = _data(n_patients, per_patient, size=size, seed=seed)
     mode = FunctionalMechanism(target_epsilon=eps, delta=delta, seed=seed, unit=unit, noise=noise, feature_size=feature_size, **kw)
     disc = nn.Linear(1, 1)
-    head, opt, loader = mode.attach(disc, torch.optim.Adam(disc.parameters(), lr=3e-4, betas=(0.5, 0.9)), data, 4, 10)
+    head, opt, loader = attach_one(mode, disc, torch.optim.Adam(disc.parameters(), lr=3e-4, betas=(0.5, 0.9)), data, 4, 10)
     return mode, data, head, opt, loader
 
 
@@ -230,7 +231,7 @@ def test_public_cap_on_images_per_patient_is_enforced():
     data = _data(6, [1, 2, 5, 9, 3, 4], size=16)
     mode = FunctionalMechanism(target_epsilon=1.0, delta=1e-2, feature_size=4, max_images_per_patient=3)
     disc = nn.Linear(1, 1)
-    mode.attach(disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
+    attach_one(mode, disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
     led = mode.ledger()
     assert led["max_images_per_patient"] == 3
     assert led["n_images_dropped_by_cap"] == (5 - 3) + (9 - 3) + (4 - 3)
@@ -269,7 +270,7 @@ def test_attach_rejects_feature_size_that_does_not_divide_the_image(size, featur
     mode = FunctionalMechanism(target_epsilon=1.0, delta=1e-3, feature_size=feature_size)
     disc = nn.Linear(1, 1)
     with pytest.raises(ValueError, match="feature_size"):
-        mode.attach(disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
+        attach_one(mode, disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
 
 
 def test_attach_rejects_large_delta():
@@ -277,7 +278,7 @@ def test_attach_rejects_large_delta():
     mode = FunctionalMechanism(target_epsilon=1.0, delta=0.1)
     disc = nn.Linear(1, 1)
     with pytest.raises(ValueError, match="1/N"):
-        mode.attach(disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
+        attach_one(mode, disc, torch.optim.Adam(disc.parameters()), data, 4, 10)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -288,9 +289,9 @@ def test_attach_replaces_the_discriminator_and_returns_no_loader():
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in head.parameters()}
     assert opt.param_groups[0]["lr"] == 3e-4 and opt.param_groups[0]["betas"] == (0.5, 0.9)
     with pytest.raises(RuntimeError, match="only once"):
-        mode.attach(head, opt, data, 4, 10)
+        attach_one(mode, head, opt, data, 4, 10)
     with pytest.raises(AssertionError):
-        mode.discriminator_loss(head, data.images[:4], torch.zeros(4, 1, 32, 32))
+        functional_discriminator_loss(mode, head, torch.zeros(4, 1, 32, 32), real=data.images[:4])
 
 
 def test_post_processed_moment_matrix_is_psd_and_loss_bounded_below():
@@ -315,9 +316,9 @@ def test_discriminator_loss_does_not_depend_on_the_data_after_release():
     mode, data, head, opt, _ = _attached()
     fake = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     nn.init.normal_(head.head.weight, generator=torch.Generator().manual_seed(3))
-    before = mode.discriminator_loss(head, None, fake).item()
+    before = functional_discriminator_loss(mode, head, fake).item()
     data.images.zero_()
-    after = mode.discriminator_loss(head, None, fake).item()
+    after = functional_discriminator_loss(mode, head, fake).item()
     assert before == after
     assert math.isfinite(before)
 
@@ -367,13 +368,13 @@ def _train(noise: str, zero_after_release: bool, steps: int = 5):
 
     def attach(*args, **kwargs):
         out = original(*args, **kwargs)
-        loaders.append(out[2])
+        loaders.append(out[2].get("discriminator"))
         if zero_after_release:
             data.images.zero_()  # the real images are gone: training must not notice
         return out
 
     mode.attach = attach
-    rows = train_gan(model, data, mode, TrainConfig(steps=steps, batch_size=4, log_every=1), progress=False)
+    rows = train_model(model, data, mode, TrainConfig(steps=steps, batch_size=4), progress=False)
     return model, mode, rows, loaders
 
 
@@ -382,11 +383,11 @@ def test_engine_trains_without_reading_real_data_after_release(noise):
     model_a, mode_a, rows_a, loaders = _train(noise, zero_after_release=False)
     model_b, _, rows_b, _ = _train(noise, zero_after_release=True)
     assert loaders == [None]
-    assert len(rows_a) == 5
-    assert all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in rows_a)
+    assert len(rows_a) == 1  # 5 steps in one epoch (no loader: ceil(36 images / 4) = 9 steps per epoch)
+    assert all(math.isfinite(r["loss_discriminator"]) and math.isfinite(r["loss_generator"]) for r in rows_a)
     assert all(r["epsilon"] == mode_a.epsilon_spent() > 0 for r in rows_a)
     # Bit-identical training whether or not the real images still exist after the release.
-    assert [(r["loss_d"], r["loss_g"]) for r in rows_a] == [(r["loss_d"], r["loss_g"]) for r in rows_b]
+    assert [(r["loss_discriminator"], r["loss_generator"]) for r in rows_a] == [(r["loss_discriminator"], r["loss_generator"]) for r in rows_b]
     for (name, a), b in zip(model_a.generator.state_dict().items(), model_b.generator.state_dict().values()):
         assert torch.equal(a, b), name
     validate_ledger(mode_a.ledger())

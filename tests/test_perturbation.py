@@ -47,7 +47,7 @@ def test_noise_scale_matches_calibration_statistically(noise):
 def test_input_perturbation_units_and_ledger(name, unit):
     data = _data()
     mode = PRIVACY_MODES.get(name)(target_epsilon=4.0, delta=1e-4, seed=0, unit=unit)
-    loader = mode.make_loader(data, batch_size=8)
+    loader = mode.make_loader(mode.release(data), batch_size=8)
     released = torch.cat(list(loader))
     assert released.min() >= -1 and released.max() <= 1
     assert not torch.allclose(released.sort(0).values, data.images[: len(released)].sort(0).values)
@@ -68,8 +68,8 @@ def test_input_perturbation_units_and_ledger(name, unit):
 
 def test_input_perturbation_is_deterministic_per_seed():
     data = _data()
-    a = torch.cat(list(PRIVACY_MODES.get("input_gaussian")(target_epsilon=4.0, delta=1e-4, seed=3).make_loader(data, 24)))
-    b = torch.cat(list(PRIVACY_MODES.get("input_gaussian")(target_epsilon=4.0, delta=1e-4, seed=3).make_loader(data, 24)))
+    a = torch.cat(list((lambda m: m.make_loader(m.release(data), 24))(PRIVACY_MODES.get("input_gaussian")(target_epsilon=4.0, delta=1e-4, seed=3))))
+    b = torch.cat(list((lambda m: m.make_loader(m.release(data), 24))(PRIVACY_MODES.get("input_gaussian")(target_epsilon=4.0, delta=1e-4, seed=3))))
     assert torch.equal(a, b)
 
 

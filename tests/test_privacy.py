@@ -13,7 +13,8 @@ from torch import nn
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES, LedgerError, TrainingData, read_ledger, write_ledger
 from dpmedgen.privacy.dpsgd import DPSGD
-from dpmedgen.train import TrainConfig, train_gan
+from dpmedgen.train import TrainConfig, train_model
+from conftest import attach_one, paired_loss
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 
@@ -41,7 +42,7 @@ def test_patient_unit_samples_one_slice_per_sampled_patient():
     data = _indexed_data(10, counts)
     mode = DPSGD(target_epsilon=5.0, delta=1e-3, seed=3, unit="patient")
     disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
-    _, _, loader = mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=200)
+    _, _, loader = attach_one(mode, disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=200)
     assert mode.n_units == 10
     assert loader.sample_rate == pytest.approx(1 / math.ceil(10 / 4))
     patient_of = data.patient_index
@@ -63,7 +64,7 @@ def test_image_unit_counts_images():
     data = _indexed_data(5, 4)
     mode = DPSGD(target_epsilon=5.0, delta=1e-3, unit="image")
     disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
-    mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=10)
+    attach_one(mode, disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=10)
     assert mode.n_units == 20
 
 
@@ -72,7 +73,7 @@ def test_delta_must_be_below_one_over_n():
     mode = DPSGD(target_epsilon=1.0, delta=0.2, unit="patient")
     disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
     with pytest.raises(ValueError, match="delta=0.2 is not below 1/N = 1/10"):
-        mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=10)
+        attach_one(mode, disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=4, steps=10)
 
 
 @pytest.mark.parametrize("bad", [{"target_epsilon": math.inf}, {"target_epsilon": 0.0}, {"unit": "slice"}])
@@ -87,7 +88,7 @@ def test_dpsgd_noise_is_calibrated():
     data = _indexed_data(40, 2)
     mode = DPSGD(target_epsilon=2.0, delta=1e-4, seed=11, max_grad_norm=0.7, unit="patient")
     disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 500, bias=False))
-    module, optimizer, loader = mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=1.0), data, batch_size=8, steps=50)
+    module, optimizer, loader = attach_one(mode, disc, torch.optim.SGD(disc.parameters(), lr=1.0), data, batch_size=8, steps=50)
     grads = []
     for _ in range(4):
         batch = next(iter(loader))
@@ -108,7 +109,7 @@ def trained_dpsgd():
     data = TrainingData(images=torch.rand(60, 1, 32, 32) * 2 - 1, patient_ids=np.repeat([f"P{i}" for i in range(20)], 3))
     model = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=16)
     mode = PRIVACY_MODES.get("dpsgd")(target_epsilon=3.0, delta=1e-3, seed=0)
-    rows = train_gan(model, data, mode, TrainConfig(steps=12, batch_size=6, log_every=6), progress=False)
+    rows = train_model(model, data, mode, TrainConfig(steps=12, batch_size=6), progress=False)
     return mode, rows
 
 
@@ -155,11 +156,11 @@ def test_dpsgd_per_sample_gradients_pair_real_and_fake_exactly():
     real, fake = torch.randn(5, 1, 32, 32), torch.randn(5, 1, 32, 32)
     mode = PRIVACY_MODES.get("none")(target_epsilon=math.inf, delta=0.0)
     wrapped = GradSampleModule(disc, loss_reduction="sum")
-    mode.discriminator_loss(wrapped, real, fake).backward()
+    paired_loss(wrapped, real, fake).backward()
     per_sample = [p.grad_sample.clone() for p in disc.parameters()]
     wrapped._close()  # remove Opacus' hooks before the reference computation
     for i in range(5):
-        expected = torch.autograd.grad(mode.discriminator_loss(disc, real[i : i + 1], fake[i : i + 1]), list(disc.parameters()))
+        expected = torch.autograd.grad(paired_loss(disc, real[i : i + 1], fake[i : i + 1]), list(disc.parameters()))
         for gs, g in zip(per_sample, expected):
             assert torch.allclose(gs[i], g, rtol=1e-4, atol=1e-6), "per-sample gradient mismatch"
 
@@ -178,7 +179,7 @@ def test_image_unit_ledger_reports_patient_level_conversion():
     data = _indexed_data(30, 3)
     mode = DPSGD(target_epsilon=0.5, delta=1e-6, unit="image")
     disc = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
-    module, optimizer, loader = mode.attach(disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=10, steps=3)
+    module, optimizer, loader = attach_one(mode, disc, torch.optim.SGD(disc.parameters(), lr=0.1), data, batch_size=10, steps=3)
     for _ in range(3):
         optimizer.zero_grad(set_to_none=True)
         module(next(iter(loader))).sum().backward()

@@ -14,9 +14,9 @@ from dpmedgen.generate import generate_samples
 from dpmedgen.privacy import PrivacyMode, TrainingData, read_ledger
 from dpmedgen.models import MODELS
 from dpmedgen.runs import RunSpec
-from dpmedgen.train import TrainConfig, TrainingDiverged, load_generator, train_gan, train_run
+from dpmedgen.train import TrainConfig, TrainingDiverged, load_generator, train_model, train_run
 
-TRAIN = {"steps": 4, "batch_size": 4, "log_every": 2, "device": "cpu"}
+TRAIN = {"steps": 4, "batch_size": 4, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,15 @@ def test_train_run_is_reproducible_and_writes_artefacts(study, tmp_path, privacy
     _train(study, tmp_path / "b", run)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    for key in a["generator"]:
-        assert torch.equal(a["generator"][key], b["generator"][key]), key
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert read_ledger(tmp_path / "a" / "privacy.json") == ledger
     assert ledger["dataset"] == "toy" and ledger["seed"] == 3 and ledger["n_train_patients"] == 6
     if privacy == "dpsgd":
         assert ledger["epsilon"] <= epsilon and ledger["epsilon_target"] == epsilon
     log = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
-    assert log[0].startswith("step,loss_d,loss_g") and len(log) == 3
+    assert log[0].startswith("epoch,step,loss_discriminator,loss_generator,real_batch,epsilon")
+    assert len(log) == 1 + (2 if privacy == "dpsgd" else 1)  # one row per epoch: 4 steps per epoch, or 1/q = 2 (6 patients, batch 4)
 
     samples = generate_samples(tmp_path / "a" / "checkpoint.pt", tmp_path / "a" / "samples.h5", n_samples=5, seed=0)
     pixels = samples.modalities["mri"]
@@ -76,8 +77,8 @@ class _ExplodingMode(PrivacyMode):
 
     name = "exploding"
 
-    def make_loader(self, data, batch_size):
-        return super().make_loader(TrainingData(data.images * math.inf, data.patient_ids), batch_size)
+    def release(self, data):
+        return TrainingData(data.images * math.inf, data.patient_ids)
 
     def ledger(self):
         return {}
@@ -86,8 +87,8 @@ class _ExplodingMode(PrivacyMode):
 def test_divergence_stops_with_run_and_step():
     data = TrainingData(images=torch.zeros(8, 1, 32, 32), patient_ids=np.arange(8).astype(str))
     model = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=8)
-    with pytest.raises(TrainingDiverged, match="toy/run: non-finite loss at step 1"):
-        train_gan(model, data, _ExplodingMode(target_epsilon=math.inf, delta=0), TrainConfig(steps=3, batch_size=4), run_name="toy/run", progress=False)
+    with pytest.raises(TrainingDiverged, match="toy/run: non-finite discriminator loss at step 1"):
+        train_model(model, data, _ExplodingMode(target_epsilon=math.inf, delta=0), TrainConfig(steps=3, batch_size=4), run_name="toy/run", progress=False)
 
 
 def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
@@ -97,8 +98,8 @@ def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
     run = RunSpec("toy", "dcgan", "output_laplace", 5.0, 3)
     ledger = _train(study, out, run, reference_checkpoint=ref / "checkpoint.pt", reference_log=ref / "train_log.csv")
     assert ledger["guarantee"] == "none" and ledger["trained_by"]["privacy"] == "none"
-    a = torch.load(ref / "checkpoint.pt", weights_only=True)["generator"]
-    b = torch.load(out / "checkpoint.pt", weights_only=True)["generator"]
+    a = torch.load(ref / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     clean = generate_samples(ref / "checkpoint.pt", ref / "s.h5", n_samples=6, seed=3, ledger=ref / "privacy.json")
     noisy = generate_samples(out / "checkpoint.pt", out / "s.h5", n_samples=6, seed=3, ledger=out / "privacy.json")
@@ -106,3 +107,63 @@ def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
     with pytest.raises(ValueError, match="expected"):
         _train(study, tmp_path / "bad", RunSpec("toy", "dcgan", "output_laplace", 5.0, 4),
                reference_checkpoint=ref / "checkpoint.pt", reference_log=ref / "train_log.csv")
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("privacy, epsilon", [("none", math.inf), ("dpsgd", 3.0), ("functional", 3.0)])
+def test_killed_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, monkeypatch, privacy, epsilon):
+    """Kill training mid-epoch, start it again: it resumes from the last checkpoint and ends exactly where an
+    uninterrupted run ends (weights, epsilon, log), and the resume file is gone afterwards."""
+    import dpmedgen.train.engine as engine
+
+    run = RunSpec("toy", "dcgan", privacy, epsilon, 1)
+    train = TRAIN | {"steps": 9, "checkpoint_every": 1, "batch_size": 4}
+    ledger_a = _train(study, tmp_path / "a", run, train=train)
+
+    original = engine._update
+    calls = {"n": 0}
+
+    def dying_update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * 6 + 1:  # two players per step: dies in step 7, after the checkpoint of epoch 1 or 3
+            raise _Killed()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_update", dying_update)
+    with pytest.raises(_Killed):
+        _train(study, tmp_path / "b", run, train=train)
+    resume = tmp_path / "b" / "resume.pt"
+    assert resume.exists() and torch.load(resume, weights_only=True)["epoch"] >= 1
+    monkeypatch.setattr(engine, "_update", original)
+    resumed_from = torch.load(resume, weights_only=True)["epoch"]
+    ledger_b = _train(study, tmp_path / "b", run, train=train)
+
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert ledger_a["epsilon"] == ledger_b["epsilon"]
+    if privacy == "dpsgd":
+        assert ledger_b["steps"] == 9 and ledger_b["epsilon"] <= epsilon
+    assert not resume.exists()
+    log_a = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
+    log_b = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
+    assert len(log_a) == len(log_b) and resumed_from < len(log_a) - 1
+    strip = lambda line: line.rsplit(",", 1)[0]  # noqa: E731  (seconds_per_step differs)
+    assert [strip(x) for x in log_a] == [strip(x) for x in log_b]
+
+
+def test_stale_resume_file_is_ignored(study, tmp_path, caplog):
+    run = RunSpec("toy", "dcgan", "none", math.inf, 1)
+    (tmp_path / "a").mkdir()
+    torch.save({"format": 1, "fingerprint": "someone-else"}, tmp_path / "a" / "resume.pt")
+    _train(study, tmp_path / "a", run)
+    _train(study, tmp_path / "b", run)
+    assert "ignoring" in caplog.text
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,4 +11,7 @@ generate_samples(
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
     ledger=snakemake.input.ledger,
+    images_h5=snakemake.input.images,
+    splits_parquet=snakemake.input.splits,
+    split=snakemake.params.split,
 )

@@ -17,6 +17,8 @@ train_run(
     checkpoint=snakemake.output.checkpoint,
     ledger=snakemake.output.ledger,
     log_csv=snakemake.output.train_log,
+    progress_dir=snakemake.output.progress,
     reference_checkpoint=snakemake.input.get("reference_checkpoint"),
     reference_log=snakemake.input.get("reference_log"),
+    reference_progress_dir=snakemake.input.get("reference_progress"),
 )

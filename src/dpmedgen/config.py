@@ -50,6 +50,16 @@ def check_config(config: dict[str, Any]) -> None:
     for name in config["models"]:
         if name not in MODELS:
             raise ConfigError(f"config key models.{name}: unknown model; known: {MODELS.names()}")
+        accepted = set(inspect.signature(MODELS.get(name).__init__).parameters) - {"self", "image_size"}
+        unknown = sorted(set(model_params(config, name)) - accepted)
+        if unknown:
+            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`)")
+        try:
+            train_settings(config, name)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key models.{name}.train: {err}") from None
+    if not runs(config):
+        raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name in config["privacy"]["modes"]:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
@@ -91,7 +101,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def runs(config: dict[str, Any]) -> list[RunSpec]:
-    """Every run of the grid: datasets x models x (none once; each private mode x each epsilon) x seeds."""
+    """Every run of the grid: datasets x models x (none once; each private mode x each epsilon) x seeds,
+    without the (model, mode) pairs the mode does not apply to (`PrivacyMode.supported_kinds`, e.g. the
+    functional mechanism only trains unconditional GANs); `skipped_pairs` lists those."""
+    from dpmedgen.models import MODELS
+    from dpmedgen.privacy import PRIVACY_MODES
+
     privacy: list[tuple[str, float]] = []
     for mode in config["privacy"]["modes"]:
         if mode == NON_PRIVATE:
@@ -101,7 +116,39 @@ def runs(config: dict[str, Any]) -> list[RunSpec]:
     return [
         RunSpec(dataset=d, model=m, privacy=p, epsilon=e, seed=int(s))
         for d, m, (p, e), s in itertools.product(config["datasets"], config["models"], privacy, config["seeds"])
+        if MODELS.get(m).kind in PRIVACY_MODES.get(p).supported_kinds
     ]
+
+
+def skipped_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(model, privacy mode) pairs of the config that `runs` leaves out because the mode does not apply."""
+    from dpmedgen.models import MODELS
+    from dpmedgen.privacy import PRIVACY_MODES
+
+    return [
+        (m, p) for m in config["models"] for p in config["privacy"]["modes"]
+        if MODELS.get(m).kind not in PRIVACY_MODES.get(p).supported_kinds
+    ]
+
+
+def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """Constructor parameters of `model` (`models.<model>` in config, without its `train` overrides)."""
+    params = dict(config["models"].get(model) or {})
+    params.pop("train", None)
+    return params
+
+
+def train_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """`train` with the model's overrides (`models.<model>.train`) applied; `lr` is merged per role.
+    Validated by constructing a TrainConfig."""
+    from dpmedgen.train.engine import TrainConfig
+
+    base = dict(config.get("train") or {})
+    override = dict((config["models"].get(model) or {}).get("train") or {})
+    merged = base | override
+    merged["lr"] = dict(base.get("lr") or {}) | dict(override.get("lr") or {})
+    TrainConfig(**merged)
+    return merged
 
 
 def privacy_params(config: dict[str, Any], mode: str) -> dict[str, Any]:

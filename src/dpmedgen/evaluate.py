@@ -73,12 +73,17 @@ def evaluate_run(
     real_features_file: str | os.PathLike | None = None,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Compare a run's samples with the real images of `split`; write and return the long metric rows."""
+    """Compare a run's samples with the real `modality` images of `split`; write and return the long
+    metric rows. (A fusion run's fused images are compared with the real images of `modality` here; the
+    fusion-specific metrics against each source are separate.)"""
     import torch
 
     torch.set_num_threads(threads)
     real = _real_images(images_h5, splits_parquet, split, modality)
-    fake = read_image_set(samples_h5, modalities=[modality])
+    fake = read_image_set(samples_h5)
+    if len(fake.modalities) != 1:
+        raise ValueError(f"{samples_h5}: expected one generated modality, found {sorted(fake.modalities)}")
+    (fake_pixels,) = fake.modalities.values()  # the trained modality, or "fused" for a fusion model
     features = None
     if real_features_file is not None:
         cached = torch.load(real_features_file, weights_only=True)
@@ -86,7 +91,7 @@ def evaluate_run(
             raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
         features = cached["features"]
     values = compute_metrics(
-        real.modalities[modality], fake.modalities[modality], metrics, batch_size=batch_size, seed=run.seed, real_features=features
+        real.modalities[modality], fake_pixels, metrics, batch_size=batch_size, seed=run.seed, real_features=features
     )
     rows = pd.DataFrame(
         [run.as_dict() | {"metric": name, "value": float(v), "reference": f"{split} split", "n_real": len(real), "n_fake": len(fake)}

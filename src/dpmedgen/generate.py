@@ -1,4 +1,10 @@
-"""Draw samples from a trained generator into the common HDF5 schema."""
+"""Draw samples from a trained model into the common HDF5 schema.
+
+Unconditional models (GANs, diffusion) draw `n_samples` images from their latent/noise distribution;
+the modality is the one they were trained on. A fusion model's "samples" are its fusions of every
+(MRI, PET) pair of the evaluation split (held-out patients), stored as modality ``fused`` with the pairs'
+patient, slice and label.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ import torch
 
 from dpmedgen.data.schema import ImageSet, write_image_set
 from dpmedgen.privacy import PRIVACY_MODES, read_ledger
-from dpmedgen.train.run import load_generator
+from dpmedgen.train.run import load_model, load_split_images
+
+FUSED = "fused"
 
 
 def generate_samples(
@@ -19,28 +27,48 @@ def generate_samples(
     seed: int,
     threads: int = 1,
     ledger: str | os.PathLike | None = None,
+    images_h5: str | os.PathLike | None = None,
+    splits_parquet: str | os.PathLike | None = None,
+    split: str = "test",
 ) -> ImageSet:
-    """Write `n_samples` generated images (modality as trained, values in [0, 1]) to `out_h5`.
+    """Write the run's samples (values in [0, 1]) to `out_h5` and return them.
 
     With the run's privacy `ledger`, its mode's `postprocess_samples` is applied before release
-    (output perturbation adds its noise there)."""
+    (output perturbation adds its noise there). Fusion models need `images_h5` and `splits_parquet`
+    (the pairs of `split` are fused; `n_samples` is then ignored)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
     torch.set_num_threads(threads)
-    model, state = load_generator(checkpoint)
+    model, state = load_model(checkpoint)
     rng = torch.Generator().manual_seed(int(seed))
-    pixels = model.sample(n_samples, generator=rng)[:, 0].numpy()
+    if model.kind == "fusion":
+        if images_h5 is None or splits_parquet is None:
+            raise ValueError(f"{checkpoint}: a fusion model fuses real pairs; give images_h5 and splits_parquet")
+        pairs = load_split_images(images_h5, splits_parquet, tuple(state["modalities"]), split=split)
+        pixels = model.fuse(pairs.images)[:, 0].numpy()
+        modality = FUSED
+        meta = _split_meta(images_h5, splits_parquet, state["modalities"][0], split)
+    else:
+        pixels = model.sample(n_samples, generator=rng)[:, 0].numpy()
+        modality = state["modalities"][0]
+        meta = {"patient_id": np.full(n_samples, "", dtype=object), "slice": np.full(n_samples, -1), "label": np.full(n_samples, -1)}
     if ledger is not None:
         record = read_ledger(ledger)
         mode = PRIVACY_MODES.get(record["privacy"])
         pixels = mode.postprocess_samples(pixels, record, np.random.default_rng([int(seed), 104729]))
     samples = ImageSet(
-        modalities={state["modality"]: pixels},
-        patient_id=np.full(n_samples, "", dtype=object),
-        slice=np.full(n_samples, -1),
-        label=np.full(n_samples, -1),
+        modalities={modality: np.ascontiguousarray(pixels, dtype=np.float32)},
+        **meta,
         dataset=state["run"]["dataset"],
         provenance={"run": state["run"], "checkpoint": os.fspath(checkpoint), "sampling_seed": int(seed)},
     )
     write_image_set(out_h5, samples)
     return samples
+
+
+def _split_meta(images_h5, splits_parquet, modality: str, split: str) -> dict[str, np.ndarray]:
+    from dpmedgen.data.schema import read_image_set
+    from dpmedgen.data.split import read_splits, select_split
+
+    part = select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
+    return {"patient_id": part.patient_id, "slice": part.slice, "label": part.label}

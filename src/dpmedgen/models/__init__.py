@@ -1,10 +1,19 @@
 """Generative models, registered by the name used in config.yaml."""
 
-from dpmedgen.models.base import GANModel
+from dpmedgen.models.base import GANModel, GenerativeModel, Player
 from dpmedgen.models.dcgan import DCGAN
+from dpmedgen.models.sngan import SNGAN
 from dpmedgen.registry import Registry
 
-MODELS: Registry[type[GANModel]] = Registry("model")
+MODELS: Registry[type[GenerativeModel]] = Registry("model")
 MODELS.register("dcgan")(DCGAN)
+MODELS.register("sngan")(SNGAN)
 
-__all__ = ["MODELS", "GANModel", "DCGAN"]
+
+def register_opacus_extensions() -> None:
+    """Teach Opacus the per-sample gradients of our custom layers (called by DP-SGD before wrapping)."""
+    from dpmedgen.models.sngan import register_opacus_grad_samplers
+
+    register_opacus_grad_samplers()
+
+__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "register_opacus_extensions"]

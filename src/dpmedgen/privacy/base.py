@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from dpmedgen.models.base import GenerativeModel, Player
 
 UNITS = ("image", "patient")
 
@@ -101,30 +104,63 @@ class PrivacyMode(ABC):
         self.seed = seed
         self.unit = unit
 
-    def make_loader(self, data: TrainingData, batch_size: int) -> DataLoader:
-        """Loader over real training images (default: shuffled images, full batches)."""
-        gen = torch.Generator().manual_seed(self.seed)
+    #: Model kinds (`GenerativeModel.kind`) the mode applies to.
+    supported_kinds: ClassVar[frozenset[str]] = frozenset({"gan", "fusion", "diffusion"})
+
+    def release(self, data: TrainingData) -> TrainingData:
+        """The training data as the players may read it (identity; input perturbation adds noise here).
+        Called once per training run, so a randomised release is drawn once and shared by all players."""
+        return data
+
+    def make_loader(self, data: TrainingData, batch_size: int, index: int = 0) -> DataLoader:
+        """Loader over released training examples for the `index`-th player that reads real data
+        (default: shuffled examples, full batches, an independent shuffle per player)."""
+        gen = torch.Generator().manual_seed(self.seed * 1000 + index)
         return DataLoader(ImageDataset(data), batch_size=min(batch_size, data.n_images), shuffle=True, drop_last=True, generator=gen)
 
     def attach(
-        self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader | None]:
-        """Return the (possibly replaced) discriminator, its optimizer and the loader of real batches.
+        self,
+        model: GenerativeModel,
+        nets: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        data: TrainingData,
+        batch_size: int,
+        steps: int,
+    ) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer], dict[str, DataLoader]]:
+        """Return the (possibly wrapped or replaced) networks, their optimizers, and a data loader for each
+        player that reads real data.
 
-        A mode that has already released everything training needs (the functional mechanism) returns
-        no loader: the training loop then never touches real data.
+        A mode that has already released everything training needs (the functional mechanism) returns no
+        loader for that player: the training loop then passes it no real data.
         """
-        return discriminator, optimizer, self.make_loader(data, batch_size)
+        released = self.release(data)
+        readers = [p.name for p in model.players() if p.reads_real_data]
+        loaders = {name: self.make_loader(released, batch_size, index=i) for i, name in enumerate(readers)}
+        return nets, optimizers, loaders
 
-    def discriminator_loss(self, disc: nn.Module, real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
-        """Discriminator loss summed over the batch: BCE(D(real), 1) + BCE(D(fake), 0)."""
-        bce = nn.BCEWithLogitsLoss(reduction="sum")
-        fake_loss = lambda: bce(disc(fake), torch.zeros(len(fake), device=fake.device))  # noqa: E731
-        if real is None:
-            return fake_loss()
-        # Real pass first, as in Opacus' DCGAN example: Opacus pairs each backward with its forward (LIFO).
-        real_loss = bce(disc(real), torch.ones(len(real), device=real.device))
-        return real_loss + fake_loss()
+    def player_loss(
+        self, model: GenerativeModel, player: Player, nets: dict[str, nn.Module], real: torch.Tensor | None, batch_size: int
+    ) -> torch.Tensor:
+        """Per-example losses of one update of `player` (the model's own loss unless a mode replaces it)."""
+        return model.loss(player.name, nets, real, batch_size)
+
+    def reduce_loss(self, player: Player, losses: torch.Tensor) -> torch.Tensor:
+        """The scalar that is back-propagated: the batch mean (DP-SGD overrides: a sum, see dpsgd.py)."""
+        return losses.mean() if losses.numel() else losses.sum()
+
+    def clips_per_example(self, player: Player) -> bool:
+        """True when the player's per-example gradients are clipped (DP-SGD); mixed precision is then off."""
+        return False
+
+    def before_step(self, model: GenerativeModel, player: Player, net: nn.Module) -> None:
+        """Hook between backward and the optimizer step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly (generators, accountant history)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` after `attach`."""
 
     @classmethod
     def postprocess_samples(cls, samples: np.ndarray, ledger: dict[str, Any], rng: np.random.Generator) -> np.ndarray:

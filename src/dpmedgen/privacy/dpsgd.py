@@ -51,6 +51,9 @@ def _opacus() -> SimpleNamespace:
     from opacus.validators import ModuleValidator
 
     logging.getLogger().handlers = root_handlers
+    from dpmedgen.models import register_opacus_extensions
+
+    register_opacus_extensions()
     return SimpleNamespace(
         version=opacus.__version__,
         PrivacyEngine=PrivacyEngine,
@@ -60,6 +63,28 @@ def _opacus() -> SimpleNamespace:
 
 
 ACCOUNTANT = "prv"
+
+
+def fold_replicas(module: nn.Module, k: int) -> None:
+    """Turn per-row gradients into per-example gradients when each example occupies k consecutive rows
+    of the network's batch (rows i*k .. i*k+k-1 belong to example i, e.g. k diffusion noise draws).
+
+    Opacus' hooks leave one gradient per *row* in `p.grad_sample` (shape (b*k, ...)); the DP optimizer
+    clips whatever rows it finds. The privacy unit is the example, so its k rows are summed first: with the
+    example's loss defined as the mean of its rows' losses, that sum is exactly the example's gradient.
+    Clipping then bounds each example's (each unit's) contribution by C, as the accountant assumes.
+    """
+    if k == 1:
+        return
+    for p in module.parameters():
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            continue
+        if isinstance(gs, list):
+            raise RuntimeError("fold_replicas: gradients of several backward passes are accumulated; fold after each")
+        if gs.shape[0] % k:
+            raise RuntimeError(f"fold_replicas: {gs.shape[0]} gradient rows are not a multiple of k = {k}")
+        p.grad_sample = gs.view(gs.shape[0] // k, k, *gs.shape[1:]).sum(dim=1)
 
 
 class DPSGD(PrivacyMode):
@@ -86,27 +111,34 @@ class DPSGD(PrivacyMode):
         self.planned_steps = 0
         self.n_units = 0
         self.max_images_per_patient = 0
+        self.private_players: list[str] = []
 
-    def attach(
-        self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    def attach(self, model, nets, optimizers, data, batch_size, steps):
+        """Make every player that reads real data private with one PrivacyEngine (one accountant).
+
+        Each private player gets its own Poisson-sampled loader and its own DP optimizer, all with the same
+        noise multiplier sigma and sample rate q. Per training step there are m = (number of private
+        players) subsampled Gaussian mechanisms; the engine's accountant composes all m * steps of them, and
+        sigma is calibrated so that this composition meets the target (epsilon, delta).
+        """
         opacus = _opacus()
         self.engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
-        errors = opacus.ModuleValidator.validate(discriminator, strict=False)
-        if errors:
-            raise ValueError(f"the discriminator cannot be trained with DP-SGD: {errors}")
-        dataset = PatientSliceDataset(data, seed=self.seed) if self.unit == "patient" else ImageDataset(data)
+        private = [p for p in model.players() if p.reads_real_data]
+        self.private_players = [p.name for p in private]
+        for p in private:
+            errors = opacus.ModuleValidator.validate(nets[p.name], strict=False)
+            if errors:
+                raise ValueError(f"the {p.name} of {type(model).__name__} cannot be trained with DP-SGD: {errors}")
         self.max_images_per_patient = int(data.images_per_patient().max())
-        self.n_units = len(dataset)
+        self.n_units = data.n_patients if self.unit == "patient" else data.n_images
         if self.delta >= 1.0 / self.n_units:
             raise ValueError(
                 f"delta={self.delta:g} is not below 1/N = 1/{self.n_units} training {self.unit}s; "
                 "a delta that large permits releasing a whole record. Lower `privacy.delta` in config.yaml."
             )
-        loader = DataLoader(dataset, batch_size=min(batch_size, self.n_units))
         # Opacus' DPDataLoader samples each unit with probability 1 / len(loader); account for exactly that.
-        self.sample_rate = 1.0 / len(loader)
-        self.planned_steps = steps
+        self.sample_rate = 1.0 / math.ceil(self.n_units / min(batch_size, self.n_units))
+        self.planned_steps = steps * len(private)
         with warnings.catch_warnings():
             # The PRV accountant sizes its domain with an RDP bound; a large RDP order there is harmless.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
@@ -114,26 +146,70 @@ class DPSGD(PrivacyMode):
                 target_epsilon=self.target_epsilon,
                 target_delta=self.delta,
                 sample_rate=self.sample_rate,
-                steps=steps,
+                steps=self.planned_steps,
                 accountant=ACCOUNTANT,
             )
-        module, dp_optimizer, dp_loader = self.engine.make_private(
-            module=discriminator,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            poisson_sampling=True,
-            # Per-unit gradients of the *summed* loss are exact even for an empty Poisson batch (a mean over
-            # zero examples would be NaN). The update is still the standard estimator: the optimizer
-            # divides the noisy clipped sum by the expected batch size (loss_reduction="mean" below).
-            loss_reduction="sum",
-            noise_generator=torch.Generator().manual_seed(self.seed + 1),
-        )
-        dp_optimizer.loss_reduction = "mean"
-        if not math.isclose(dp_loader.sample_rate, self.sample_rate):
-            raise RuntimeError(f"Opacus samples at {dp_loader.sample_rate}, accounted {self.sample_rate}")
-        return module, dp_optimizer, dp_loader
+        self._noise_generator = torch.Generator().manual_seed(self.seed + 1)
+        self._slice_datasets = {}
+        loaders = {}
+        for i, p in enumerate(private):
+            if self.unit == "patient":
+                dataset = PatientSliceDataset(data, seed=self.seed * 1000 + i)
+                self._slice_datasets[p.name] = dataset
+            else:
+                dataset = ImageDataset(data)
+            loader = DataLoader(
+                dataset,
+                batch_size=min(batch_size, self.n_units),
+                generator=torch.Generator().manual_seed(self.seed * 1000 + 500 + i),
+            )
+            module, dp_optimizer, dp_loader = self.engine.make_private(
+                module=nets[p.name],
+                optimizer=optimizers[p.name],
+                data_loader=loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                poisson_sampling=True,
+                # Per-unit gradients of the *summed* loss are exact even for an empty Poisson batch (a mean
+                # over zero examples would be NaN). The update is still the standard estimator: the optimizer
+                # divides the noisy clipped sum by the expected batch size (loss_reduction="mean" below).
+                loss_reduction="sum",
+                noise_generator=self._noise_generator,
+            )
+            dp_optimizer.loss_reduction = "mean"
+            if not math.isclose(dp_loader.sample_rate, self.sample_rate):
+                raise RuntimeError(f"Opacus samples at {dp_loader.sample_rate}, accounted {self.sample_rate}")
+            nets[p.name], optimizers[p.name], loaders[p.name] = module, dp_optimizer, dp_loader
+        return nets, optimizers, loaders
+
+    def reduce_loss(self, player, losses):
+        """Private players: the per-example losses are summed (see `attach`); others: the mean."""
+        return losses.sum() if player.name in self.private_players else super().reduce_loss(player, losses)
+
+    def clips_per_example(self, player) -> bool:
+        return player.name in self.private_players
+
+    def before_step(self, model, player, net) -> None:
+        k = model.replicas(player.name)
+        if k > 1 and player.name in self.private_players:
+            fold_replicas(net, k)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.engine is None:
+            return {}
+        return {
+            "history": [list(h) for h in self.engine.accountant.history],
+            "noise_generator": self._noise_generator.get_state(),
+            "slice_rngs": {name: ds.rng.bit_generator.state for name, ds in self._slice_datasets.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.engine is None:
+            raise RuntimeError("dpsgd: load_state_dict needs attach() first")
+        self.engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        self._noise_generator.set_state(state["noise_generator"])
+        for name, rng_state in state["slice_rngs"].items():
+            self._slice_datasets[name].rng.bit_generator.state = rng_state
 
     @property
     def steps_taken(self) -> int:
@@ -187,6 +263,7 @@ class DPSGD(PrivacyMode):
             "max_images_per_patient": self.max_images_per_patient,
             "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
             "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
-            "protected_networks": ["discriminator"],
+            "protected_networks": list(self.private_players),
+            "steps_per_network": self.steps_taken // max(len(self.private_players), 1),
         }
 

@@ -99,7 +99,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
 from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplace_epsilon, laplace_scale
@@ -170,6 +169,10 @@ class FunctionalDiscriminator(nn.Module):
 
 class FunctionalMechanism(PrivacyMode):
     name = "functional"
+    #: The polynomial objective is the logistic loss of an unconditional GAN's discriminator. A fusion
+    #: generator reads real images as its input and a diffusion denoiser's loss is not a function of a
+    #: fixed feature map, so neither can be trained from released coefficients alone.
+    supported_kinds = frozenset({"gan"})
 
     def __init__(
         self,
@@ -263,12 +266,9 @@ class FunctionalMechanism(PrivacyMode):
         self._moment = torch.as_tensor(m_psd, dtype=torch.float32, device=device)
         self._n_hat = max(float(released[0]), 1.0)
 
-    def attach(
-        self, discriminator: nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData, batch_size: int, steps: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader | None]:
-        """Release the noisy coefficients once and return (linear head on psi, Adam over it, no loader).
-
-        The given discriminator is replaced by the head; the optimizer only lends its lr and betas.
+    def attach(self, model, nets, optimizers, data, batch_size, steps):
+        """Release the noisy coefficients once; replace the discriminator by the linear head on psi (with an
+        Adam optimizer over it that takes the discriminator's lr and betas); return no loader.
         """
         if self._head is not None:
             raise RuntimeError("functional: attach was already called; the coefficients are released only once")
@@ -322,9 +322,10 @@ class FunctionalMechanism(PrivacyMode):
         self._set_coefficients(exact + noise)
         del exact, noise, used
 
-        group = optimizer.param_groups[0]
-        opt = torch.optim.Adam(head.parameters(), lr=group["lr"], betas=group.get("betas", (0.9, 0.999)))
-        return head, opt, None
+        group = optimizers["discriminator"].param_groups[0]
+        nets = dict(nets, discriminator=head)
+        optimizers = dict(optimizers, discriminator=torch.optim.Adam(head.parameters(), lr=group["lr"], betas=group["betas"]))
+        return nets, optimizers, {}
 
     # -------------------------------------------------------------------------------------------- training
     def _real_loss(self, disc: FunctionalDiscriminator, batch: int) -> torch.Tensor:
@@ -336,15 +337,31 @@ class FunctionalMechanism(PrivacyMode):
         poly = self._n_hat * math.log(2.0) - 0.5 * mu[0] + 0.125 * (u @ mu)
         return (batch / self._n_hat) * poly
 
-    def discriminator_loss(self, disc: nn.Module, real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
+    def player_loss(self, model, player, nets, real, batch_size):
+        """Discriminator: per fake j, (1 / n^) * polynomial + BCE(D(fake_j), 0), so the batch sums to
+        (b / n^) * polynomial + sum_fake BCE; the generator's loss is the model's own."""
+        if player.name != "discriminator":
+            return super().player_loss(model, player, nets, real, batch_size)
         assert real is None, "functional: the training loop must not pass real data (attach returned no loader)"
+        disc = nets["discriminator"]
         if disc is not self._head:
-            raise RuntimeError("functional: discriminator_loss needs the head returned by attach")
-        b = len(fake)
+            raise RuntimeError("functional: the discriminator must be the head returned by attach")
+        device = self._moment.device
+        with torch.no_grad():
+            fake = nets["generator"](model.sample_latent(batch_size, device=device))
         fake_loss = nn.functional.binary_cross_entropy_with_logits(
-            disc(fake), torch.zeros(b, device=fake.device), reduction="sum"
+            disc(fake), torch.zeros(batch_size, device=device), reduction="none"
         )
-        return self._real_loss(disc, b) + fake_loss
+        return self._real_loss(disc, 1) + fake_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._released is None else {"released": torch.from_numpy(self._released)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed run keeps the first release (re-releasing with the same seed would give the same
+        vector; keeping it makes that explicit)."""
+        if "released" in state:
+            self._set_coefficients(state["released"].numpy())
 
     # -------------------------------------------------------------------------------------------- accounting
     def epsilon_spent(self) -> float:

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
 from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplace_epsilon, laplace_scale
@@ -81,7 +80,8 @@ class InputPerturbation(PrivacyMode):
         self.n_pixels = 0
         self.max_images_per_patient = 0
 
-    def make_loader(self, data: TrainingData, batch_size: int) -> DataLoader:
+    def release(self, data: TrainingData) -> TrainingData:
+        """Noise every training image once (all modalities of an example together: d = C*H*W values)."""
         self.n_pixels = int(np.prod(data.images.shape[1:]))
         self.max_images_per_patient = int(data.images_per_patient().max())
         k = self.max_images_per_patient if self.unit == "patient" else 1
@@ -90,7 +90,7 @@ class InputPerturbation(PrivacyMode):
         released = add_image_noise(pixels, self.noise, self.scale, np.random.default_rng([self.seed, 7919]))
         # Post-processing: clip back to the pixel range and return to the model's [-1, 1] scale.
         images = torch.from_numpy(released.clip(0.0, 1.0) * 2.0 - 1.0).to(data.images.dtype).to(data.images.device)
-        return super().make_loader(TrainingData(images=images, patient_ids=data.patient_ids), batch_size)
+        return TrainingData(images=images, patient_ids=data.patient_ids)
 
     def _epsilons(self) -> tuple[float, float]:
         delta = 0.0 if self.noise == "laplace" else self.delta

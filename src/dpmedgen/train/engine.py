@@ -1,28 +1,54 @@
-"""One GAN training loop shared by every model and privacy mode.
+"""One training loop shared by every model and privacy mode.
 
-The privacy mode decides how real data reaches the discriminator (`PrivacyMode.attach`); this loop only
-alternates discriminator and generator steps, logs, and stops loudly on divergence.
+The model names its networks ("players") and supplies per-example losses (`dpmedgen.models.base`); the
+privacy mode decides how real data reaches each player and how its gradient becomes an update
+(`PrivacyMode.attach`). This loop only runs the players in order, logs, checkpoints, and stops loudly on
+divergence.
+
+Epochs and checkpoints
+----------------------
+An epoch is one pass of the privacy mode's data loader: ceil(N / batch) steps for shuffled batches, 1/q
+steps for Poisson sampling (each step samples every unit with probability q), and ceil(N / batch) steps
+when no loader exists (the functional mechanism reads no data during training). Training lasts exactly
+`steps` optimizer steps per player; the last epoch may be cut short. The CSV log has one row per epoch.
+
+Every `checkpoint_every` epochs the full training state is written atomically to `resume_path`: model,
+optimizers, the privacy mode's state (accountant history, noise and sampling generators) and every RNG
+(python, numpy, torch, loaders). Checkpoints fall on epoch boundaries, where no data-loader iterator is
+alive, so a run killed at any point and started again with the same arguments resumes from its last
+checkpoint and ends with bit-identical weights and the same epsilon as an uninterrupted run (on CPU,
+where the engine switches on deterministic algorithms). A checkpoint written with different settings
+(another run, config, data or checkpoint layout) is ignored with a warning, and training starts over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
+import logging
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dpmedgen.models.base import GANModel
+from dpmedgen.models.base import GenerativeModel, Player
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+ROLES = ("generator", "discriminator", "denoiser")
+DEFAULT_LR = {"generator": 2e-4, "discriminator": 2e-4, "denoiser": 2e-4}
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,26 +57,51 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
+    """Training settings (config.yaml `train`, optionally overridden per model under `models.<m>.train`).
+
+    steps: optimizer steps per player. lr: Adam learning rate per player role. checkpoint_every /
+    grid_every: epochs between resume checkpoints / sample grids (0 = never; both are also written after
+    the last step). amp: bfloat16 autocast on CUDA for players that no privacy mode clips per example
+    (Opacus' per-sample gradients stay in float32); ignored on CPU.
+    """
+
     steps: int = 600
     batch_size: int = 32
-    lr_generator: float = 2e-4
-    lr_discriminator: float = 2e-4
+    lr: dict[str, float] = field(default_factory=dict)
     beta1: float = 0.5
     beta2: float = 0.999
-    log_every: int = 50
+    checkpoint_every: int = 10
+    grid_every: int = 0
+    amp: bool = True
     seed: int = 0
     device: str = "auto"
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.log_every < 1:
-            raise ValueError(f"train config needs steps >= 1, batch_size >= 2, log_every >= 1; got {asdict(self)}")
+        if self.steps < 1 or self.batch_size < 2 or self.checkpoint_every < 0 or self.grid_every < 0:
+            raise ValueError(
+                f"train config needs steps >= 1, batch_size >= 2, checkpoint_every >= 0, grid_every >= 0; got {asdict(self)}"
+            )
+        unknown = set(self.lr) - set(ROLES)
+        if unknown:
+            raise ValueError(f"train.lr: unknown role(s) {sorted(unknown)}; expected some of {list(ROLES)}")
+        self.lr = DEFAULT_LR | {k: float(v) for k, v in self.lr.items()}
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """Settings that change the trained weights (device, threads and logging cadence do not)."""
+        d = asdict(self)
+        for key in ("device", "threads", "checkpoint_every", "grid_every"):
+            d.pop(key)
+        return d
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={device!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -60,49 +111,142 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Temporarily stop gradients into `module`; for an Opacus GradSampleModule also switch off its
-    per-sample hooks, so that the generator step neither computes nor leaks into per-sample gradients."""
-    flags = [p.requires_grad for p in module.parameters()]
-    opacus_hooks = hasattr(module, "disable_hooks") and hasattr(module, "enable_hooks")
-    for p in module.parameters():
-        p.requires_grad_(False)
-    if opacus_hooks:
-        module.disable_hooks()
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily stop gradients into `modules`; for an Opacus GradSampleModule also switch off its
+    per-sample hooks, so that another player's step neither computes nor leaks into its per-sample
+    gradients."""
+    saved = []
+    for module in modules:
+        flags = [p.requires_grad for p in module.parameters()]
+        hooks = hasattr(module, "disable_hooks") and hasattr(module, "enable_hooks")
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if hooks:
+            module.disable_hooks()
+        saved.append((module, flags, hooks))
     try:
         yield
     finally:
-        if opacus_hooks:
-            module.enable_hooks()
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
+        for module, flags, hooks in saved:
+            if hooks:
+                module.enable_hooks()
+            for p, flag in zip(module.parameters(), flags):
+                p.requires_grad_(flag)
 
 
-def _forever(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
-    while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
+# ------------------------------------------------------------------------------------------ RNG state
+def _rng_state(loaders: dict[str, torch.utils.data.DataLoader]) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "loaders": {name: _loader_generator(loader).get_state() for name, loader in loaders.items()
+                    if _loader_generator(loader) is not None},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], loaders: dict[str, torch.utils.data.DataLoader]) -> None:
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    for name, gen_state in state["loaders"].items():
+        _loader_generator(loaders[name]).set_state(gen_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    """random.setstate needs tuples; a checkpoint may hand lists back."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _loader_generator(loader: torch.utils.data.DataLoader) -> torch.Generator | None:
+    return getattr(loader, "generator", None)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The network inside an Opacus GradSampleModule (whose state_dict keys carry a `_module.` prefix)."""
+    return getattr(net, "_module", net)
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    return getattr(opt, "original_optimizer", opt).state_dict()
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    getattr(opt, "original_optimizer", opt).load_state_dict(state)
+
+
+def _load_resume(resume: Path | None, run_fingerprint: str, run_name: str) -> dict[str, Any] | None:
+    """The resume checkpoint if it belongs to this run's settings; a stale one is ignored with a warning
+    (it is overwritten at the next checkpoint)."""
+    if resume is None or not resume.exists():
+        return None
+    state = torch.load(resume, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != run_fingerprint:
+        log.warning(
+            "%s: ignoring %s: written by different settings (fingerprint %s, this run %s); starting over",
+            run_name, resume, state.get("fingerprint"), run_fingerprint,
+        )
+        return None
+    return state
+
+
+def fingerprint(**parts: Any) -> str:
+    """A short hash of everything that determines the trained weights."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def _epoch_length(loaders: dict[str, torch.utils.data.DataLoader], data: TrainingData, batch_size: int) -> int:
+    lengths = {len(loader) for loader in loaders.values()}
+    if len(lengths) > 1:
+        raise RuntimeError(f"the players' data loaders disagree on the epoch length: {sorted(lengths)}")
+    if lengths:
+        (n,) = lengths
+        if n < 1:
             raise RuntimeError("the training data loader yields no batches")
+        return n
+    return max(1, math.ceil(data.n_images / batch_size))
 
 
-def train_gan(
-    model: GANModel,
+def train_model(
+    model: GenerativeModel,
     data: TrainingData,
     privacy: PrivacyMode,
     cfg: TrainConfig,
     run_name: str = "run",
     log_csv: str | os.PathLike | None = None,
+    resume_path: str | os.PathLike | None = None,
+    run_fingerprint: str = "",
+    on_grid: Callable[[int, GenerativeModel], None] | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train `model` in place with the standard non-saturating GAN loss; return the logged rows.
+    """Train `model` in place; return the per-epoch log rows.
 
-    Discriminator step: BCE(D(real), 1) + BCE(D(G(z)), 0) summed over the batch; the privacy mode's
-    optimizer turns the gradient into its update (plain Adam, or clip + noise + Adam for DP-SGD).
-    Generator step: BCE(D(G(z)), 1) averaged over `batch_size` fresh latents, with D frozen; it reads
-    no real data.
+    Each step updates every player in `model.players()` order with its own Adam optimizer; the other
+    players are frozen meanwhile. A player that reads real data gets a batch from its loader (built by the
+    privacy mode); its per-example losses are reduced by the privacy mode (mean, or sum for DP-SGD, whose
+    optimizer divides the noisy clipped sum by the expected batch size).
+
+    With `resume_path`, the state is checkpointed there every `cfg.checkpoint_every` epochs and, if a
+    checkpoint with the same `run_fingerprint` exists when training starts, training resumes from it.
+    `on_grid(epoch, model)` is called every `cfg.grid_every` epochs and after the last step.
     """
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -111,70 +255,137 @@ def train_gan(
         torch.use_deterministic_algorithms(True)
     model.to(device)
     data = TrainingData(images=data.images.to(device), patient_ids=data.patient_ids)
+    if model.kind not in privacy.supported_kinds:
+        raise ValueError(
+            f"{run_name}: privacy mode {privacy.name!r} does not apply to {model.kind} models "
+            f"(it supports: {', '.join(sorted(privacy.supported_kinds))})"
+        )
 
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_discriminator, betas=(cfg.beta1, cfg.beta2))
-    opt_g = torch.optim.Adam(model.generator.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
-    disc, opt_d, loader = privacy.attach(model.discriminator, opt_d, data, cfg.batch_size, cfg.steps)
-    gen = model.generator
-    bce = nn.BCEWithLogitsLoss(reduction="sum")
-    batches = _forever(loader) if loader is not None else None
+    players = model.players()
+    nets = model.networks()
+    opts = {
+        p.name: torch.optim.Adam(nets[p.name].parameters(), lr=cfg.lr[p.role], betas=(cfg.beta1, cfg.beta2))
+        for p in players
+    }
+    nets, opts, loaders = privacy.attach(model, nets, opts, data, cfg.batch_size, cfg.steps)
+    epoch_steps = _epoch_length(loaders, data, cfg.batch_size)
+    n_epochs = math.ceil(cfg.steps / epoch_steps)
+    use_amp = cfg.amp and device.type == "cuda"
 
     rows: list[dict[str, float]] = []
-    writer = None
+    start_epoch = 0
+    resume = Path(resume_path) if resume_path is not None else None
+    state = _load_resume(resume, run_fingerprint, run_name)
+    if state is not None:
+        for name, net_state in state["networks"].items():
+            _unwrap(nets[name]).load_state_dict(net_state)
+        for name, opt_state in state["optimizers"].items():
+            _load_optimizer_state(opts[name], opt_state)
+        privacy.load_state_dict(state["privacy"])
+        _set_rng_state(state["rng"], loaders)
+        rows, start_epoch = state["rows"], state["epoch"]
+        log.info("%s: resuming from %s after epoch %d (step %d)", run_name, resume, start_epoch, start_epoch * epoch_steps)
+
+    fieldnames = ["epoch", "step"] + [f"loss_{p.name}" for p in players] + ["real_batch", "epsilon", "seconds_per_step"]
     fh = None
+    writer = None
     if log_csv is not None:
         Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
         fh = open(log_csv, "w", newline="")
-        writer = csv.DictWriter(fh, fieldnames=["step", "loss_d", "loss_g", "real_batch", "epsilon", "seconds_per_step"])
+        writer = csv.DictWriter(fh, fieldnames=fieldnames)
         writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+
+    def checkpoint(epoch: int) -> None:
+        if resume is None:
+            return
+        _save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": run_fingerprint,
+                "epoch": epoch,
+                # the networks actually trained (a privacy mode may have replaced one, e.g. the functional head)
+                "networks": {name: _unwrap(net).state_dict() for name, net in nets.items()},
+                "optimizers": {name: _optimizer_state(opt) for name, opt in opts.items()},
+                "privacy": privacy.state_dict(),
+                "rng": _rng_state(loaders),
+                "rows": rows,
+            },
+            resume,
+        )
+
+    step = start_epoch * epoch_steps
+    bar = tqdm(total=cfg.steps, initial=step, desc=run_name, disable=not progress, mininterval=2.0)
     try:
-        t_last, loss_d_acc, loss_g_acc, n_pairs_acc, n_real_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0, 0, 0
-        bar = tqdm(range(1, cfg.steps + 1), desc=run_name, disable=not progress, mininterval=2.0)
-        for step in bar:
-            real = next(batches).to(device) if batches is not None else None
-            b = real.shape[0] if real is not None else cfg.batch_size  # varies under Poisson sampling, may be 0
-
-            # Discriminator: each real image is paired with one fake (the fake half holds no private data).
-            opt_d.zero_grad(set_to_none=True)
-            z = model.sample_latent(max(b, 2), device=device)
-            fake = gen(z)[:b].detach()
-            loss_d = privacy.discriminator_loss(disc, real, fake)
-            loss_d.backward()
-            opt_d.step()
-
-            # Generator: fresh latents, discriminator frozen.
-            opt_g.zero_grad(set_to_none=True)
-            with frozen(disc):
-                z = model.sample_latent(cfg.batch_size, device=device)
-                loss_g = bce(disc(gen(z)), torch.ones(cfg.batch_size, device=device)) / cfg.batch_size
-                loss_g.backward()
-            opt_g.step()
-
-            ld, lg = loss_d.detach().item(), loss_g.detach().item()
-            if not (math.isfinite(ld) and math.isfinite(lg)):
-                raise TrainingDiverged(f"{run_name}: non-finite loss at step {step} (loss_d={ld}, loss_g={lg})")
-            loss_d_acc += ld
-            loss_g_acc += lg
-            n_pairs_acc += b
-            n_real_acc += real.shape[0] if real is not None else 0  # real images read (0 after a one-time release)
-            n_acc += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                row = {
-                    "step": step,
-                    "loss_d": loss_d_acc / max(n_pairs_acc, 1),
-                    "loss_g": loss_g_acc / n_acc,
-                    "real_batch": n_real_acc / n_acc,
-                    "epsilon": privacy.epsilon_spent(),
-                    "seconds_per_step": (now - t_last) / n_acc,
-                }
-                rows.append(row)
-                if writer is not None:
-                    writer.writerow(row)
-                    fh.flush()
-                bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", eps=f"{row['epsilon']:.2f}")
-                t_last, loss_d_acc, loss_g_acc, n_pairs_acc, n_real_acc, n_acc = now, 0.0, 0.0, 0, 0, 0
+        for epoch in range(start_epoch + 1, n_epochs + 1):
+            iters = {name: iter(loader) for name, loader in loaders.items()}
+            sums = {p.name: 0.0 for p in players}
+            counts = {p.name: 0 for p in players}
+            n_real, t0 = 0, time.perf_counter()
+            steps_this_epoch = min(epoch_steps, cfg.steps - step)
+            for _ in range(steps_this_epoch):
+                step += 1
+                for player in players:
+                    loss, b = _update(model, player, nets, opts, iters, privacy, cfg.batch_size, device, use_amp, players)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(f"{run_name}: non-finite {player.name} loss at step {step} ({loss})")
+                    sums[player.name] += loss
+                    counts[player.name] += b
+                    if player.reads_real_data and player.name in iters:
+                        n_real += b
+                bar.update(1)
+            seconds = time.perf_counter() - t0
+            row = {
+                "epoch": epoch,
+                "step": step,
+                **{f"loss_{p.name}": sums[p.name] / max(counts[p.name], 1) for p in players},
+                # real examples read per step (0 once the functional mechanism has released its statistics)
+                "real_batch": n_real / steps_this_epoch,
+                "epsilon": privacy.epsilon_spent(),
+                "seconds_per_step": seconds / steps_this_epoch,
+            }
+            rows.append(row)
+            if writer is not None:
+                writer.writerow(row)
+                fh.flush()
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in row.items() if k.startswith("loss_")}
+                            | {"eps": f"{row['epsilon']:.2f}"})
+            last = epoch == n_epochs
+            if on_grid is not None and ((cfg.grid_every and epoch % cfg.grid_every == 0) or last):
+                on_grid(epoch, model)
+            if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or last:
+                checkpoint(epoch)
     finally:
+        bar.close()
         if fh is not None:
             fh.close()
     return rows
+
+
+def _update(
+    model: GenerativeModel,
+    player: Player,
+    nets: dict[str, nn.Module],
+    opts: dict[str, torch.optim.Optimizer],
+    iters: dict[str, Iterator[torch.Tensor]],
+    privacy: PrivacyMode,
+    batch_size: int,
+    device: torch.device,
+    use_amp: bool,
+    players: list[Player],
+) -> tuple[float, int]:
+    """One optimizer step of `player`; returns (summed loss, number of examples)."""
+    real = next(iters[player.name]).to(device) if player.name in iters else None
+    opt = opts[player.name]
+    others = [nets[p.name] for p in players if p.name != player.name]
+    opt.zero_grad(set_to_none=True)
+    amp = use_amp and not privacy.clips_per_example(player)
+    # The other players stay frozen through backward too: Opacus' backward hooks must not fire for them.
+    with frozen(*others):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = privacy.player_loss(model, player, nets, real, batch_size)
+        privacy.reduce_loss(player, losses).backward()
+    privacy.before_step(model, player, nets[player.name])
+    opt.step()
+    return float(losses.detach().float().sum()), int(losses.shape[0])

@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
-from dpmedgen.models import MODELS, GANModel
+from dpmedgen.models import MODELS, GenerativeModel
 from dpmedgen.privacy import PRIVACY_MODES, TrainingData, write_ledger
 from dpmedgen.runs import RunSpec
-from dpmedgen.train.engine import TrainConfig, seed_everything, train_gan
+from dpmedgen.train.engine import TrainConfig, fingerprint, seed_everything, train_model
+
+log = logging.getLogger(__name__)
+
+GRID_SAMPLES = 16  # images per progress grid
+GRID_SEED = 2024  # fixed latents / inputs for every grid of a run, so grids are comparable across epochs
+
+
+def load_split_images(
+    images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modalities: tuple[str, ...], split: str = "train"
+) -> TrainingData:
+    """One split's images, modalities stacked as channels, scaled from [0, 1] to [-1, 1]: (N, C, H, W)."""
+    images = read_image_set(images_h5, modalities=list(modalities))
+    part = select_split(images, read_splits(splits_parquet), split)
+    pixels = torch.from_numpy(np.stack([part.modalities[m] for m in modalities], axis=1)) * 2.0 - 1.0
+    return TrainingData(images=pixels, patient_ids=part.patient_id)
 
 
 def load_training_data(images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modality: str) -> TrainingData:
-    """The train split's images of one modality, scaled from [0, 1] to [-1, 1], shape (N, 1, H, W)."""
-    images = read_image_set(images_h5, modalities=[modality])
-    train = select_split(images, read_splits(splits_parquet), "train")
-    pixels = torch.from_numpy(train.modalities[modality]).unsqueeze(1) * 2.0 - 1.0
-    return TrainingData(images=pixels, patient_ids=train.patient_id)
+    """The train split's images of one modality, scaled to [-1, 1], shape (N, 1, H, W)."""
+    return load_split_images(images_h5, splits_parquet, (modality,))
+
+
+def build_model(name: str, image_size: int, params: dict[str, Any]) -> GenerativeModel:
+    return MODELS.get(name)(image_size=image_size, **params)
+
+
+def model_modalities(model: GenerativeModel, dataset_modality: str) -> tuple[str, ...]:
+    return tuple(model.modalities) if model.modalities else (dataset_modality,)
 
 
 def train_run(
@@ -38,36 +61,66 @@ def train_run(
     checkpoint: str | os.PathLike,
     ledger: str | os.PathLike,
     log_csv: str | os.PathLike,
+    progress_dir: str | os.PathLike | None = None,
     reference_checkpoint: str | os.PathLike | None = None,
     reference_log: str | os.PathLike | None = None,
+    reference_progress_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `run` and write its checkpoint, privacy ledger and training log; return the ledger.
+    """Train `run` and write its checkpoint, privacy ledger, per-epoch training log and (in
+    `progress_dir`) sample grids; return the ledger.
+
+    A resume checkpoint (`resume.pt` beside `checkpoint`) is written during training; if the job is
+    killed and started again with the same settings it continues from there, and the file is removed
+    once the run has finished.
 
     Modes that add no privacy to training (`reuses_nonprivate_training`, e.g. output perturbation) do not
     train again: they take the non-private run of the same dataset, model and seed
-    (`reference_checkpoint`, `reference_log`) and only write their own ledger.
+    (`reference_checkpoint`, `reference_log`, `reference_progress_dir`) and only write their own ledger.
     """
-    data = load_training_data(images_h5, splits_parquet, modality)
-    image_size = int(data.images.shape[-1])
     privacy = PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=run.seed, **privacy_params)
     identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
+
+    seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
+    images_probe = read_image_set(images_h5, modalities=[modality])
+    image_size = int(images_probe.shape[-1])
+    model = build_model(run.model, image_size, model_params)
+    modalities = model_modalities(model, modality)
+    data = load_split_images(images_h5, splits_parquet, modalities)
     sizes = {"n_train_images": data.n_images, "n_train_patients": data.n_patients}
+    if progress_dir is not None:
+        shutil.rmtree(progress_dir, ignore_errors=True)
+        Path(progress_dir).mkdir(parents=True)
 
     if privacy.reuses_nonprivate_training:
         state = _reference_state(run, reference_checkpoint)
-        privacy.set_output_shape(tuple(data.images.shape[1:]))
+        privacy.set_output_shape(tuple(state["output_shape"]))
         record = privacy.ledger() | identity | sizes | {"trained_by": state["run"]}
         state["run"] = run.as_dict()
         _save_checkpoint(state, checkpoint)
         shutil.copyfile(reference_log, log_csv)
+        if progress_dir is not None and reference_progress_dir is not None:
+            shutil.copytree(reference_progress_dir, progress_dir, dirs_exist_ok=True)
         write_ledger(ledger, record)
         return record
 
-    seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
-    model: GANModel = MODELS.get(run.model)(image_size=image_size, **model_params)
     cfg = TrainConfig(seed=run.seed, **train)
-    rows = train_gan(model, data, privacy, cfg, run_name=run.name, log_csv=log_csv, progress=progress)
+    resume = Path(checkpoint).with_name("resume.pt")
+    run_fingerprint = fingerprint(
+        run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta,
+        train=cfg.fingerprint_fields(), modalities=modalities,
+        data=hashlib.sha256(data.images.numpy().tobytes()).hexdigest(),
+    )
+    grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
+
+    def on_grid(epoch: int, trained: GenerativeModel) -> None:
+        if progress_dir is not None:
+            _write_grid(trained, grid_inputs, Path(progress_dir) / f"epoch_{epoch:05d}.png")
+
+    rows = train_model(
+        model, data, privacy, cfg, run_name=run.name, log_csv=log_csv, resume_path=resume,
+        run_fingerprint=run_fingerprint, on_grid=on_grid, progress=progress,
+    )
 
     # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
     record = privacy.ledger() | identity | sizes
@@ -76,14 +129,37 @@ def train_run(
         "model": run.model,
         "model_params": dict(model_params),
         "image_size": image_size,
-        "modality": modality,
-        "generator": model.generator.state_dict(),
-        "discriminator": model.discriminator.state_dict(),
+        "modalities": list(modalities),
+        "output_shape": [1, image_size, image_size],
+        "state_dict": model.state_dict(),
         "final_log": rows[-1] if rows else {},
     }
     _save_checkpoint(state, checkpoint)
     write_ledger(ledger, record)
+    resume.unlink(missing_ok=True)
     return record
+
+
+def _grid_inputs(model: GenerativeModel, images_h5, splits_parquet, modalities) -> torch.Tensor | None:
+    """Fusion models fuse a fixed set of validation pairs (never training data) for their progress grids."""
+    if model.kind != "fusion":
+        return None
+    val = load_split_images(images_h5, splits_parquet, modalities, split="val")
+    return val.images[:GRID_SAMPLES]
+
+
+def _write_grid(model: GenerativeModel, inputs: torch.Tensor | None, path: Path) -> None:
+    from dpmedgen.plots.grid import save_image_grid
+
+    rng_state = torch.get_rng_state()  # drawing a grid must not change the training's random stream
+    try:
+        if inputs is not None:
+            images = model.fuse(inputs.to(next(model.parameters()).device))
+        else:
+            images = model.sample(GRID_SAMPLES, generator=torch.Generator().manual_seed(GRID_SEED))
+    finally:
+        torch.set_rng_state(rng_state)
+    save_image_grid(images[:, 0].numpy(), path, n_cols=8)
 
 
 def _save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -105,9 +181,13 @@ def _reference_state(run: RunSpec, reference_checkpoint: str | os.PathLike | Non
     return state
 
 
-def load_generator(checkpoint: str | os.PathLike) -> tuple[GANModel, dict[str, Any]]:
-    """Rebuild the trained model from a checkpoint (loaded with weights_only=True)."""
+def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel, dict[str, Any]]:
+    """Rebuild the trained model from a checkpoint (loaded with weights_only=True), in eval mode."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model: GANModel = MODELS.get(state["model"])(image_size=state["image_size"], **state["model_params"])
-    model.generator.load_state_dict(state["generator"])
+    model = build_model(state["model"], state["image_size"], state["model_params"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
     return model, state
+
+
+load_generator = load_model  # the name used before models other than GANs existed
