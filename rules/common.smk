@@ -77,6 +77,14 @@ def fusion_models():
     return [m for m in config["models"] if MODELS.get(m).kind == "fusion"]
 
 
+def fusion_modalities(dataset):
+    """The (structural, functional) modalities of the dataset's fusion models (all must agree)."""
+    pairs = {tuple(model_params(config, m).get("modalities", MODELS.get(m).default_modalities)) for m in fusion_models()}
+    if len(pairs) != 1:
+        raise ValueError(f"config key models: fusion models fuse different modalities {sorted(pairs)}; use one pair")
+    return list(pairs.pop())
+
+
 def fusion_figure_runs(wildcards):
     """Samples (fused test pairs) of the first seed of every fusion run of a dataset."""
     first_seed = min(r.seed for r in RUNS)

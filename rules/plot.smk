@@ -45,3 +45,28 @@ rule plot_samples:
         runtime=resources(config, "plot")["runtime"],
     script:
         "../workflow_scripts/plot_samples.py"
+
+
+rule plot_fusion:
+    input:
+        images=f"{RESULTS}/{{dataset}}/images.h5",
+        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
+        samples=fusion_figure_runs,
+    output:
+        f"{RESULTS}/figures/fusion_{{dataset}}.png",
+    params:
+        modalities=lambda w: fusion_modalities(w.dataset),
+        split=config["evaluate"].get("split", "test"),
+        n_columns=config.get("plot", {}).get("n_columns", 8),
+    log:
+        f"{LOGS}/plot/fusion_{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot/fusion_{{dataset}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=resources(config, "plot")["mem_mb"],
+        runtime=resources(config, "plot")["runtime"],
+    script:
+        "../workflow_scripts/plot_fusion.py"

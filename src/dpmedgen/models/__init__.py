@@ -2,12 +2,14 @@
 
 from dpmedgen.models.base import GANModel, GenerativeModel, Player
 from dpmedgen.models.dcgan import DCGAN
+from dpmedgen.models.ddcgan import DDcGAN
 from dpmedgen.models.sngan import SNGAN
 from dpmedgen.registry import Registry
 
 MODELS: Registry[type[GenerativeModel]] = Registry("model")
 MODELS.register("dcgan")(DCGAN)
 MODELS.register("sngan")(SNGAN)
+MODELS.register("ddcgan")(DDcGAN)
 
 
 def register_opacus_extensions() -> None:
@@ -16,4 +18,4 @@ def register_opacus_extensions() -> None:
 
     register_opacus_grad_samplers()
 
-__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "register_opacus_extensions"]
+__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "DDcGAN", "register_opacus_extensions"]

@@ -29,8 +29,9 @@ def plot_sample_grid(
     paths: Sequence[str | os.PathLike] | str | os.PathLike,
     n_cols: int = 8,
     title: str | None = None,
+    real_label: str = "real (test)",
 ) -> None:
-    """Save a grid: first row "real (test)" (``n_cols`` real images), then one row per ``(label, samples)``.
+    """Save a grid: first row `real_label` (``n_cols`` real images), then one row per ``(label, samples)``.
 
     Images are (N, H, W) (or (N, 1, H, W)) in [0, 1], drawn with a grey colormap at vmin 0 / vmax 1 (so
     contrast is comparable across rows), no ticks, row labels on the left. Rows with fewer than ``n_cols``
@@ -38,7 +39,7 @@ def plot_sample_grid(
     """
     if n_cols < 1:
         raise ValueError(f"n_cols must be >= 1, got {n_cols}")
-    all_rows = [("real (test)", _as_images(real, "real"))]
+    all_rows = [(real_label, _as_images(real, "real"))]
     all_rows += [(str(label), _as_images(imgs, f"row {label!r}")) for label, imgs in rows]
 
     n_rows = len(all_rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from dpmedgen.data.schema import read_image_set
@@ -49,9 +50,10 @@ def samples_figure(
     real = select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
     rows = []
     for f in sample_files:
-        samples = read_image_set(f, modalities=[modality])
+        samples = read_image_set(f)
         run = RunSpec(**samples.provenance["run"])
-        rows.append((run, samples.modalities[modality][:n_columns]))
+        (pixels,) = samples.modalities.values()  # the trained modality, or "fused" for a fusion model
+        rows.append((run, pixels[:n_columns]))
     rows.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
     plot_sample_grid(
         real.modalities[modality][:n_columns],
@@ -59,4 +61,38 @@ def samples_figure(
         list(paths),
         n_cols=n_columns,
         title=f"{real.dataset}: real {split} images and samples",
+    )
+
+
+def fusion_figure(
+    images_h5: str | os.PathLike,
+    splits_parquet: str | os.PathLike,
+    split: str,
+    modalities: tuple[str, str],
+    sample_files: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike],
+    n_columns: int = 8,
+) -> None:
+    """MRI | PET | fused rows for the same `n_columns` evaluation pairs (evenly spaced over the split, so
+    several patients appear): first the two source rows, then one fused row per fusion run (non-private
+    first, then each technique by decreasing epsilon)."""
+    part = select_split(read_image_set(images_h5, modalities=list(modalities)), read_splits(splits_parquet), split)
+    pick = np.unique(np.linspace(0, len(part) - 1, min(n_columns, len(part))).round().astype(int))
+    rows = []
+    for f in sample_files:
+        samples = read_image_set(f)
+        if not (np.array_equal(samples.patient_id, part.patient_id) and np.array_equal(samples.slice, part.slice)):
+            raise ValueError(f"{f}: its fused images are not the {split} pairs of {images_h5} in order; regenerate it")
+        run = RunSpec(**samples.provenance["run"])
+        (pixels,) = samples.modalities.values()
+        rows.append((run, pixels[pick]))
+    rows.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
+    second = (modalities[1].upper(), part.modalities[modalities[1]][pick])
+    plot_sample_grid(
+        part.modalities[modalities[0]][pick],
+        [second] + [(f"fused · {run_label(run)}", pixels) for run, pixels in rows],
+        list(paths),
+        n_cols=len(pick),
+        title=f"{part.dataset}: {modalities[0].upper()}-{modalities[1].upper()} fusion of {split} pairs",
+        real_label=modalities[0].upper(),
     )

@@ -122,7 +122,11 @@ class DPSGD(PrivacyMode):
         sigma is calibrated so that this composition meets the target (epsilon, delta).
         """
         opacus = _opacus()
-        self.engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
+        # Opacus' hooks fire on the discriminator's input, which (real images) needs no gradient: harmless.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")  # stated in the ledger instead
+            self.engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
         private = [p for p in model.players() if p.reads_real_data]
         self.private_players = [p.name for p in private]
         for p in private:
@@ -264,6 +268,8 @@ class DPSGD(PrivacyMode):
             "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
             "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
             "protected_networks": list(self.private_players),
+            "randomness": "torch.Generator seeded from the run seed (reproducible; Opacus secure_mode off, so not "
+            "a cryptographically secure source)",
             "steps_per_network": self.steps_taken // max(len(self.private_players), 1),
         }
 

@@ -12,6 +12,9 @@ steps for Poisson sampling (each step samples every unit with probability q), an
 when no loader exists (the functional mechanism reads no data during training). Training lasts exactly
 `steps` optimizer steps per player; the last epoch may be cut short. The CSV log has one row per epoch.
 
+The `epsilon` column is the privacy mode's bound spent so far; for long runs it is filled every
+max(1, epochs // 50) epochs and after the last one (blank in between), which keeps accountant calls cheap.
+
 Every `checkpoint_every` epochs the full training state is written atomically to `resume_path`: model,
 optimizers, the privacy mode's state (accountant history, noise and sampling generators) and every RNG
 (python, numpy, torch, loaders). Checkpoints fall on epoch boundaries, where no data-loader iterator is
@@ -271,6 +274,7 @@ def train_model(
     epoch_steps = _epoch_length(loaders, data, cfg.batch_size)
     n_epochs = math.ceil(cfg.steps / epoch_steps)
     use_amp = cfg.amp and device.type == "cuda"
+    epsilon_every = max(1, n_epochs // 50)
 
     rows: list[dict[str, float]] = []
     start_epoch = 0
@@ -336,13 +340,15 @@ def train_model(
                         n_real += b
                 bar.update(1)
             seconds = time.perf_counter() - t0
+            last = epoch == n_epochs
             row = {
                 "epoch": epoch,
                 "step": step,
                 **{f"loss_{p.name}": sums[p.name] / max(counts[p.name], 1) for p in players},
                 # real examples read per step (0 once the functional mechanism has released its statistics)
                 "real_batch": n_real / steps_this_epoch,
-                "epsilon": privacy.epsilon_spent(),
+                # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
+                "epsilon": privacy.epsilon_spent() if (epoch % epsilon_every == 0 or last) else float("nan"),
                 "seconds_per_step": seconds / steps_this_epoch,
             }
             rows.append(row)
@@ -350,8 +356,7 @@ def train_model(
                 writer.writerow(row)
                 fh.flush()
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in row.items() if k.startswith("loss_")}
-                            | {"eps": f"{row['epsilon']:.2f}"})
-            last = epoch == n_epochs
+                            | ({"eps": f"{row['epsilon']:.2f}"} if math.isfinite(row["epsilon"]) else {}))
             if on_grid is not None and ((cfg.grid_every and epoch % cfg.grid_every == 0) or last):
                 on_grid(epoch, model)
             if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or last:
