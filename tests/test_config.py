@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpmedgen.config import ConfigError, check_config, load_config, runs, validate_schema
+from dpmedgen.config import ConfigError, check_config, load_config, runs, skipped_pairs, validate_schema
 from dpmedgen.runs import RunSpec, format_epsilon, parse_epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,14 @@ def test_default_grid(config):
     assert RunSpec("brain_phantom", "dcgan", "none", math.inf, 0) in grid
     assert RunSpec("brain_phantom", "dcgan", "dpsgd", 1.0, 1) in grid
     private = [m for m in config["privacy"]["modes"] if m != "none"]
-    assert len(grid) == len(config["seeds"]) * (1 + len(private) * len(config["privacy"]["epsilons"]))
+    per_model = len(config["seeds"]) * (1 + len(private) * len(config["privacy"]["epsilons"]))
+    skipped = skipped_pairs(config)
+    assert skipped == [("ddcgan", "functional"), ("ddpm", "functional")]
+    n_eps, n_seeds = len(config["privacy"]["epsilons"]), len(config["seeds"])
+    assert len(grid) == len(config["models"]) * per_model - len(skipped) * n_eps * n_seeds
     assert {r.privacy for r in grid} == set(config["privacy"]["modes"])
+    for model in ("dcgan", "sngan", "ddcgan", "ddpm"):
+        assert {"none", "dpsgd"} <= {r.privacy for r in grid if r.model == model}, model
     assert len(config["seeds"]) >= 2 and {1, 10} <= set(config["privacy"]["epsilons"])
 
 
@@ -41,6 +47,8 @@ def test_default_grid(config):
     [
         (lambda c: c.update(image_size=48), "image_size"),
         (lambda c: c["train"].update(steps="many"), "train.steps"),
+        (lambda c: c["models"]["ddcgan"]["train"].update(steps=0), "models.ddcgan.train.steps"),
+        (lambda c: c["models"]["ddpm"]["train"].update(lr={"critic": 1e-3}), "models.ddpm.train.lr"),
         (lambda c: c.update(unknown_key=1), "(top level)"),
         (lambda c: c["privacy"].update(delta=2), "privacy.delta"),
     ],
@@ -62,6 +70,9 @@ def test_schema_errors_name_the_key(config, mutate, key):
         (lambda c: c["privacy"]["dpsgd"].update(unit="slice"), "privacy.dpsgd: .*unit must be one of"),
         (lambda c: c["privacy"]["dpsgd"].update(clip=1.0), "privacy.dpsgd.clip: not a parameter of dpsgd"),
         (lambda c: c["privacy"].update(dp_sgd={}), "privacy.dp_sgd: unknown privacy mode"),
+        (lambda c: c["models"]["ddpm"].update(channel_mult=[1, 2]), "models.ddpm.channel_mult: not a parameter of ddpm"),
+        (lambda c: c.update(models={"ddpm": {}}) or c["privacy"].update(modes=["functional"]),
+         "no model supports any listed privacy mode"),
     ],
 )
 def test_semantic_errors_name_the_key(config, mutate, message):

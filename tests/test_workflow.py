@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from dpmedgen.config import runs
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -31,9 +33,11 @@ def test_ci_study_end_to_end(tmp_path):
 
     metrics = pd.read_parquet(results / "metrics.parquet")
     assert {"dataset", "model", "privacy", "epsilon", "seed", "metric", "value"} <= set(metrics.columns)
-    private = [m for m in config["privacy"]["modes"] if m != "none"]
-    n_runs = len(config["seeds"]) * (1 + len(private) * len(config["privacy"]["epsilons"]))
-    assert metrics.groupby(["privacy", "epsilon", "seed"]).ngroups == n_runs
+    grid = runs(config)
+    n_runs = len(grid)
+    assert metrics.groupby(["model", "privacy", "epsilon", "seed"]).ngroups == n_runs
+    for model in config["models"]:  # every model trains non-privately and with DP-SGD
+        assert {"none", "dpsgd"} <= set(metrics.loc[metrics.model == model, "privacy"]), model
     assert {"fid_effnetlite0", "kid_effnetlite0", "ssim_nn", "psnr_nn"} <= set(metrics["metric"])
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
     assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon"].iloc[0])
@@ -47,6 +51,14 @@ def test_ci_study_end_to_end(tmp_path):
     assert privacy.loc[privacy.privacy.str.startswith("output_"), "epsilon"].map(math.isinf).all()
     ledger = json.loads(next(results.glob("brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json")).read_text())
     assert ledger["epsilon"] <= 1.0 and ledger["noise_multiplier"] > 0
+    fusion = json.loads((results / "brain_phantom/runs/ddcgan/dpsgd/eps1/seed0/privacy.json").read_text())
+    assert fusion["protected_networks"] == ["discriminator_mri", "discriminator_pet", "generator"]
+    assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon"] <= 1.0
+    for name in ("samples", "fusion", "privacy_utility"):
+        assert (results / "figures" / f"{name}_brain_phantom.png").stat().st_size > 10_000, name
+    progress = list(results.glob("brain_phantom/runs/*/none/epsinf/seed0/progress/epoch_*.png"))
+    assert {p.parts[-6] for p in progress} == set(config["models"])
+    assert not list(results.glob("**/resume.pt"))  # removed once each run finished
 
     splits = pd.read_parquet(results / "brain_phantom" / "splits.parquet")
     assert splits.patient_id.is_unique
@@ -71,6 +83,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
 def test_large_grid_plans(tmp_path):
     """A 1,000-run grid must plan (dry run) without building anything."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["models"] = {"dcgan": config["models"]["dcgan"]}
     config["privacy"]["modes"] = ["none", "dpsgd"]
     config["privacy"]["epsilons"] = [0.1 * k for k in range(1, 100)]  # 10 seeds x (99 epsilons + none)
     config["seeds"] = list(range(10))

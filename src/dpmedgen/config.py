@@ -58,11 +58,11 @@ def check_config(config: dict[str, Any]) -> None:
             train_settings(config, name)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key models.{name}.train: {err}") from None
-    if not runs(config):
-        raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name in config["privacy"]["modes"]:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
+    if not runs(config):
+        raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name, params in config["privacy"].items():
         if name in ("modes", "epsilons", "delta"):
             continue

@@ -3,6 +3,7 @@
 from dpmedgen.models.base import GANModel, GenerativeModel, Player
 from dpmedgen.models.dcgan import DCGAN
 from dpmedgen.models.ddcgan import DDcGAN
+from dpmedgen.models.ddpm import DDPM
 from dpmedgen.models.sngan import SNGAN
 from dpmedgen.registry import Registry
 
@@ -10,6 +11,7 @@ MODELS: Registry[type[GenerativeModel]] = Registry("model")
 MODELS.register("dcgan")(DCGAN)
 MODELS.register("sngan")(SNGAN)
 MODELS.register("ddcgan")(DDcGAN)
+MODELS.register("ddpm")(DDPM)
 
 
 def register_opacus_extensions() -> None:
@@ -18,4 +20,4 @@ def register_opacus_extensions() -> None:
 
     register_opacus_grad_samplers()
 
-__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "DDcGAN", "register_opacus_extensions"]
+__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "DDcGAN", "DDPM", "register_opacus_extensions"]

@@ -65,28 +65,6 @@ def _opacus() -> SimpleNamespace:
 ACCOUNTANT = "prv"
 
 
-def fold_replicas(module: nn.Module, k: int) -> None:
-    """Turn per-row gradients into per-example gradients when each example occupies k consecutive rows
-    of the network's batch (rows i*k .. i*k+k-1 belong to example i, e.g. k diffusion noise draws).
-
-    Opacus' hooks leave one gradient per *row* in `p.grad_sample` (shape (b*k, ...)); the DP optimizer
-    clips whatever rows it finds. The privacy unit is the example, so its k rows are summed first: with the
-    example's loss defined as the mean of its rows' losses, that sum is exactly the example's gradient.
-    Clipping then bounds each example's (each unit's) contribution by C, as the accountant assumes.
-    """
-    if k == 1:
-        return
-    for p in module.parameters():
-        gs = getattr(p, "grad_sample", None)
-        if gs is None:
-            continue
-        if isinstance(gs, list):
-            raise RuntimeError("fold_replicas: gradients of several backward passes are accumulated; fold after each")
-        if gs.shape[0] % k:
-            raise RuntimeError(f"fold_replicas: {gs.shape[0]} gradient rows are not a multiple of k = {k}")
-        p.grad_sample = gs.view(gs.shape[0] // k, k, *gs.shape[1:]).sum(dim=1)
-
-
 class DPSGD(PrivacyMode):
     name = "dpsgd"
 
@@ -196,6 +174,8 @@ class DPSGD(PrivacyMode):
     def before_step(self, model, player, net) -> None:
         k = model.replicas(player.name)
         if k > 1 and player.name in self.private_players:
+            from dpmedgen.models.ddpm import fold_replicas  # per-row -> per-example gradients (DPDM)
+
             fold_replicas(net, k)
 
     def state_dict(self) -> dict[str, Any]:
