@@ -25,7 +25,7 @@ def study(tmp_path_factory):
     rng = np.random.default_rng(0)
     n_patients, per = 12, 3
     images = ImageSet(
-        modalities={"mri": rng.random((n_patients * per, 32, 32), dtype=np.float32)},
+        modalities={m: rng.random((n_patients * per, 32, 32), dtype=np.float32) for m in ("mri", "pet")},
         patient_id=np.repeat([f"P{i:02d}" for i in range(n_patients)], per),
         slice=np.tile(np.arange(per), n_patients),
         label=np.repeat(np.arange(n_patients) % 2, per),
@@ -109,46 +109,69 @@ def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
                reference_checkpoint=ref / "checkpoint.pt", reference_log=ref / "train_log.csv")
 
 
+def _equal(a, b) -> bool:
+    """Exact equality of state-dict entries (tensors, or the extra-state dicts of spectral-norm layers)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
 class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("privacy, epsilon", [("none", math.inf), ("dpsgd", 3.0), ("functional", 3.0)])
-def test_killed_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, monkeypatch, privacy, epsilon):
+TINY = {
+    "dcgan": {"width": 8, "latent_dim": 8},
+    "sngan": {"width": 8, "latent_dim": 8},
+    "ddcgan": {"width": 4},
+    "ddpm": {"block_out_channels": [8, 16], "attention": False, "norm_num_groups": 4, "sampling_steps": 3, "noise_draws": 2},
+}
+
+
+@pytest.mark.parametrize(
+    "model, privacy, epsilon",
+    [
+        ("dcgan", "none", math.inf), ("dcgan", "dpsgd", 3.0), ("dcgan", "functional", 3.0), ("dcgan", "input_gaussian", 3.0),
+        ("sngan", "dpsgd", 3.0), ("ddcgan", "dpsgd", 3.0), ("ddpm", "dpsgd", 3.0),
+    ],
+)
+def test_killed_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, monkeypatch, model, privacy, epsilon):
     """Kill training mid-epoch, start it again: it resumes from the last checkpoint and ends exactly where an
     uninterrupted run ends (weights, epsilon, log), and the resume file is gone afterwards."""
     import dpmedgen.train.engine as engine
 
-    run = RunSpec("toy", "dcgan", privacy, epsilon, 1)
+    run = RunSpec("toy", model, privacy, epsilon, 1)
     train = TRAIN | {"steps": 9, "checkpoint_every": 1, "batch_size": 4}
-    ledger_a = _train(study, tmp_path / "a", run, train=train)
+    players = len(MODELS.get(model)(image_size=32, **TINY[model]).players())
+    ledger_a = _train(study, tmp_path / "a", run, train=train, model_params=TINY[model])
 
     original = engine._update
     calls = {"n": 0}
 
     def dying_update(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2 * 6 + 1:  # two players per step: dies in step 7, after the checkpoint of epoch 1 or 3
+        if calls["n"] == players * 6 + 1:  # dies in step 7, after at least one epoch checkpoint
             raise _Killed()
         return original(*args, **kwargs)
 
     monkeypatch.setattr(engine, "_update", dying_update)
     with pytest.raises(_Killed):
-        _train(study, tmp_path / "b", run, train=train)
+        _train(study, tmp_path / "b", run, train=train, model_params=TINY[model])
     resume = tmp_path / "b" / "resume.pt"
     assert resume.exists() and torch.load(resume, weights_only=True)["epoch"] >= 1
     monkeypatch.setattr(engine, "_update", original)
     resumed_from = torch.load(resume, weights_only=True)["epoch"]
-    ledger_b = _train(study, tmp_path / "b", run, train=train)
+    ledger_b = _train(study, tmp_path / "b", run, train=train, model_params=TINY[model])
 
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        assert _equal(a[key], b[key]), key
     assert ledger_a["epsilon"] == ledger_b["epsilon"]
     if privacy == "dpsgd":
-        assert ledger_b["steps"] == 9 and ledger_b["epsilon"] <= epsilon
+        private = sum(p.reads_real_data for p in MODELS.get(model)(image_size=32, **TINY[model]).players())
+        assert ledger_b["steps"] == 9 * private and ledger_b["epsilon"] <= epsilon
     assert not resume.exists()
     log_a = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
