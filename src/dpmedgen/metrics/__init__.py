@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..registry import Registry
-from . import fidelity, image_quality
+from . import fidelity, fusion, image_quality, iqa, membership
 from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
 from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, requires
 
@@ -36,6 +36,10 @@ __all__ = [
     "METRIC_INFO",
     "MetricInfo",
     "PatientImages",
+    "OPTIONAL_INPUTS",
+    "requires",
+    "all_metric_info",
+    "metric_table_markdown",
     "EvalContext",
     "evaluate",
     "metric_names",
@@ -103,10 +107,64 @@ METRIC_INFO: dict[str, MetricInfo] = {
     ]
 }
 
+for _stage in ("train", "generate", "evaluate"):  # added by the aggregate step from Snakemake benchmark files
+    for _suffix, _what, _range in (
+        ("wall_s", "wall-clock seconds", "(0, inf) s"),
+        ("cpu_s", "CPU seconds (all threads)", "[0, inf) s"),
+        ("max_rss_mb", "peak resident memory", "(0, inf) MB"),
+    ):
+        METRIC_INFO[f"cost_{_stage}_{_suffix}"] = MetricInfo(
+            f"cost_{_stage}_{_suffix}",
+            higher_is_better=False,
+            range=_range,
+            source="Snakemake `benchmark:` file of the job",
+            description=f"{_what} of the run's {_stage} job"
+            + (" (output perturbation reuses the non-private training: its train job only adds noise)" if _stage == "train" else ""),
+            family="cost",
+        )
+
+
+def all_metric_info(source_names: tuple[str, ...] | list[str] = ("mri", "pet")) -> list[MetricInfo]:
+    """Every metric name that can appear in metrics.parquet, with per-source names spelled for `source_names`.
+
+    ``METRIC_INFO`` holds the names that do not depend on the dataset; the source-quality (``iqa_sources``)
+    and fusion families add one name per source modality of a fusion dataset (``ms_ssim_vs_mri``, ...).
+    """
+    extra = iqa.iqa_sources_info(tuple(source_names)) + fusion.fusion_info(tuple(source_names))
+    merged = dict(METRIC_INFO) | {i.name: i for i in extra}
+    order = [f for f in FAMILY_ORDER if f in METRICS or f in EXTERNAL_FAMILIES]
+    order += [f for f in METRICS.names() if f not in order]
+    return sorted(merged.values(), key=lambda i: order.index(i.family) if i.family in order else len(order))
+
+
+def metric_table_markdown(source_names: tuple[str, ...] = ("mri", "pet")) -> str:
+    """README's metric table: one row per metric name (per-source names spelled for `source_names`)."""
+    lines = ["| metric | family | better | range | source | what |", "|---|---|---|---|---|---|"]
+    better = {True: "higher", False: "lower", None: "—"}
+    for info in all_metric_info(source_names):
+        lines.append(
+            f"| `{info.name}` | {info.family} | {better[info.higher_is_better]} | {info.range} | {info.source} | {info.description} |"
+        )
+    return "\n".join(lines)
+
+
 METRICS.register("fid_effnetlite0")(fidelity.fid_effnetlite0)
 METRICS.register("kid_effnetlite0")(fidelity.kid_effnetlite0)
+METRICS.register("fid_inception")(fidelity.fid_inception_family)
 METRICS.register("ssim_nn")(image_quality.ssim_nn)
 METRICS.register("psnr_nn")(image_quality.psnr_nn)
+for _module in (fidelity, iqa, fusion, membership):
+    for _family, _fn in _module.FAMILIES.items():
+        METRICS.register(_family)(_fn)
+    METRIC_INFO.update({_info.name: _info for _info in _module.INFO})
+
+#: Families computed outside `evaluate` (by the aggregate step), listed in METRIC_INFO only.
+EXTERNAL_FAMILIES = ("cost",)
+#: Reading order of the families in README's metric table (fidelity, image quality, fusion, privacy, cost).
+FAMILY_ORDER = (
+    "fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "fid_inception", "ssim_nn", "psnr_nn", "iqa_nn",
+    "iqa_sources", "fusion", "mia_dcr", "mia_discriminator", "cost",
+)
 
 
 def metric_names(families: list[str] | None = None) -> list[str]:
@@ -157,6 +215,7 @@ class EvalContext:
       trained discriminator (GANs; white-box attacks).
     - ``ledger``: the run's privacy ledger (dict; ``guarantee``, ``epsilon_per_patient``, ``delta_per_patient``,
       ``epsilon_per_image``, ``delta_per_image``, ... for formal guarantees).
+    - ``inception_weights``: path of the user's TF-Inception TorchScript file (``fid_inception``).
     """
 
     def __init__(
@@ -174,6 +233,7 @@ class EvalContext:
         nonmembers: PatientImages | None = None,
         discriminator: Callable[[torch.Tensor], torch.Tensor] | None = None,
         ledger: dict | None = None,
+        inception_weights: str | None = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
@@ -192,6 +252,7 @@ class EvalContext:
                 setattr(self, name, group)
         self.discriminator = discriminator
         self.ledger = ledger
+        self.inception_weights = inception_weights
         if self.real.shape[1:] != self.fake.shape[1:]:
             raise ValueError(
                 f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"
