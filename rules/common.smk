@@ -42,13 +42,22 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def run_paths(filename, runs=RUNS):
-    """`filename` inside the directory of each run."""
-    template = f"{RUN_DIR}/{filename}"
+def per_run(template, runs=RUNS):
+    """`template` (with run wildcards) filled in for each run."""
     return [
         template.format(dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed)
         for r in runs
     ]
+
+
+def run_paths(filename, runs=RUNS):
+    """`filename` inside the directory of each run."""
+    return per_run(f"{RUN_DIR}/{filename}", runs)
+
+
+def benchmark_paths(stage, runs=RUNS):
+    """The Snakemake benchmark file of each run's `stage` job (job cost rows of metrics.parquet)."""
+    return per_run(f"{BENCHMARKS}/{stage}/{RUN_ID}.tsv", runs)
 
 
 def train_inputs(wildcards):

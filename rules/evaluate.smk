@@ -29,6 +29,8 @@ rule real_features:
 rule evaluate:
     input:
         samples=f"{RUN_DIR}/samples.h5",
+        checkpoint=f"{RUN_DIR}/checkpoint.pt",
+        ledger=f"{RUN_DIR}/privacy.json",
         images=f"{RESULTS}/{{dataset}}/images.h5",
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
         real_features=f"{RESULTS}/{{dataset}}/real_features.pt",
@@ -39,6 +41,8 @@ rule evaluate:
         metrics=config["evaluate"]["metrics"],
         split=config["evaluate"].get("split", "test"),
         batch_size=config["evaluate"].get("batch_size", 64),
+        nonmember_splits=config["evaluate"].get("nonmember_splits", ["val", "test"]),
+        inception_weights=config["evaluate"].get("inception_weights"),
     log:
         f"{LOGS}/evaluate/{RUN_ID}.log",
     benchmark:
@@ -57,9 +61,14 @@ rule aggregate:
     input:
         metrics=run_paths("metrics.parquet"),
         ledgers=run_paths("privacy.json"),
+        train_benchmarks=benchmark_paths("train"),
+        generate_benchmarks=benchmark_paths("generate"),
+        evaluate_benchmarks=benchmark_paths("evaluate"),
     output:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
+    params:
+        runs=[r.as_dict() for r in RUNS],
     log:
         f"{LOGS}/aggregate.log",
     benchmark:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from pathlib import Path
@@ -73,6 +72,11 @@ def test_schema_errors_name_the_key(config, mutate, key):
         (lambda c: c["models"]["ddpm"].update(channel_mult=[1, 2]), "models.ddpm.channel_mult: not a parameter of ddpm"),
         (lambda c: c.update(models={"ddpm": {}}) or c["privacy"].update(modes=["functional"]),
          "no model supports any listed privacy mode"),
+        (lambda c: c["evaluate"].update(nonmember_splits=["val"]) or c["split"].update(fractions={"train": 0.7, "val": 0.0, "test": 0.3}),
+         "evaluate.nonmember_splits: split 'val' has no patients"),
+        (lambda c: c["evaluate"].update(inception_weights="/nonexistent/inception.pt"),
+         "evaluate.inception_weights: no file /nonexistent/inception.pt"),
+        (lambda c: c["plot"].update(privacy_utility_metrics=["fid"]), "plot.privacy_utility_metrics: unknown metric 'fid'"),
     ],
 )
 def test_semantic_errors_name_the_key(config, mutate, message):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dpmedgen.config import runs
+from dpmedgen.metrics import all_metric_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -38,7 +39,16 @@ def test_ci_study_end_to_end(tmp_path):
     assert metrics.groupby(["model", "privacy", "epsilon", "seed"]).ngroups == n_runs
     for model in config["models"]:  # every model trains non-privately and with DP-SGD
         assert {"none", "dpsgd"} <= set(metrics.loc[metrics.model == model, "privacy"]), model
-    assert {"fid_effnetlite0", "kid_effnetlite0", "ssim_nn", "psnr_nn"} <= set(metrics["metric"])
+    family = {i.name: i.family for i in all_metric_info(config["models"]["ddcgan"]["modalities"])}
+    assert set(metrics.metric) <= set(family) and metrics.value.notna().all()
+    found = metrics.assign(family=metrics.metric.map(family)).groupby(["model", "privacy"]).family.agg(set)
+    for (model, privacy), families in found.items():  # every family that applies to the run, and only those
+        expected = {"fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "ssim_nn", "psnr_nn", "iqa_nn", "cost"}
+        if model == "ddcgan":
+            expected |= {"iqa_sources", "fusion"}  # fused test pairs: scored against their sources
+        else:
+            expected |= {"mia_dcr"} | ({"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set())
+        assert families == expected, (model, privacy)  # fid_inception: skipped, no weights file in CI
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
     assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon"].iloc[0])
 

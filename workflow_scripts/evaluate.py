@@ -16,5 +16,9 @@ evaluate_run(
     batch_size=snakemake.params.batch_size,
     threads=snakemake.threads,
     real_features_file=snakemake.input.real_features,
+    checkpoint=snakemake.input.checkpoint,
+    ledger=snakemake.input.ledger,
+    nonmember_splits=snakemake.params.nonmember_splits,
+    inception_weights=snakemake.params.inception_weights,
     out_parquet=snakemake.output[0],
 )

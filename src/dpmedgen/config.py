@@ -90,6 +90,24 @@ def check_config(config: dict[str, Any]) -> None:
     split = config["evaluate"].get("split", "test")
     if fractions.get(split, 0) <= 0:
         raise ConfigError(f"config key evaluate.split: split {split!r} has no patients (split.fractions.{split} = 0)")
+    for held_out in config["evaluate"].get("nonmember_splits", ["val", "test"]):
+        if fractions.get(held_out, 0) <= 0:
+            raise ConfigError(
+                f"config key evaluate.nonmember_splits: split {held_out!r} has no patients (split.fractions.{held_out} = 0)"
+            )
+    weights = config["evaluate"].get("inception_weights")
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(
+            f"config key evaluate.inception_weights: no file {weights}; it should be the TF-Inception TorchScript "
+            "file inception-2015-12-05.pt (see README), or null to skip fid_inception"
+        )
+    from dpmedgen.metrics import all_metric_info
+
+    sources = (config["models"].get("ddcgan") or {}).get("modalities", ["mri", "pet"])
+    known = {i.name for i in all_metric_info(sources)}
+    for name in (config.get("plot") or {}).get("privacy_utility_metrics", []):
+        if name not in known:
+            raise ConfigError(f"config key plot.privacy_utility_metrics: unknown metric {name!r}; see README's metric table")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -8,18 +8,26 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
-from dpmedgen.data.schema import read_image_set
+from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
+from dpmedgen.generate import FUSED
+from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
+from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
 from dpmedgen.runs import RunSpec
+
+logger = logging.getLogger(__name__)
 
 KEYS = ["dataset", "model", "privacy", "epsilon", "seed"]
 
@@ -71,11 +79,22 @@ def evaluate_run(
     batch_size: int = 64,
     threads: int = 1,
     real_features_file: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    ledger: str | os.PathLike | None = None,
+    nonmember_splits: Iterable[str] = ("val", "test"),
+    inception_weights: str | os.PathLike | None = None,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Compare a run's samples with the real `modality` images of `split`; write and return the long
-    metric rows. (A fusion run's fused images are compared with the real images of `modality` here; the
-    fusion-specific metrics against each source are separate.)"""
+    """Score one run's released samples; write and return its long metric rows.
+
+    - Fidelity and image quality compare the samples with the real `modality` images of `split` (held-out
+      patients). A fusion run's fused images are compared with the real `modality` images there, and with
+      their own source pairs (`sources`) by the fusion and source-quality families.
+    - Membership inference (unconditional models): members are the training patients' `modality` images,
+      non-members the patients of `nonmember_splits`; the white-box attack uses the discriminator in
+      `checkpoint`; bounds come from the run's `ledger`.
+    - Families whose inputs this run does not have are skipped, and the reason is logged.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -83,21 +102,104 @@ def evaluate_run(
     fake = read_image_set(samples_h5)
     if len(fake.modalities) != 1:
         raise ValueError(f"{samples_h5}: expected one generated modality, found {sorted(fake.modalities)}")
-    (fake_pixels,) = fake.modalities.values()  # the trained modality, or "fused" for a fusion model
+    (fake_modality, fake_pixels), = fake.modalities.items()  # the trained modality, or "fused" for fusion
     features = None
     if real_features_file is not None:
         cached = torch.load(real_features_file, weights_only=True)
         if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
             raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
         features = cached["features"]
+
+    inputs: dict[str, Any] = {"ledger": read_ledger(ledger) if ledger is not None else None}
+    model = None
+    if checkpoint is not None:
+        from dpmedgen.train.run import load_model
+
+        model, state = load_model(checkpoint)
+    if fake_modality == FUSED:
+        if model is None:
+            raise ValueError(f"{samples_h5}: fused samples; give the run's checkpoint (it names the source modalities)")
+        source_names = list(state["modalities"])
+        inputs["sources"] = _source_images(images_h5, fake, source_names, samples_h5)
+    else:
+        splits = read_splits(splits_parquet)
+        everyone = read_image_set(images_h5, modalities=[modality])
+        members = select_split(everyone, splits, "train")
+        held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
+        inputs["members"] = PatientImages(members.modalities[modality], members.patient_id)
+        inputs["nonmembers"] = PatientImages(
+            np.concatenate([h.modalities[modality] for h in held_out]),
+            np.concatenate([h.patient_id for h in held_out]),
+        )
+        if model is not None:
+            inputs["discriminator"] = discriminator_scorer(model)
+    if inception_weights is not None:
+        inputs["inception_weights"] = os.fspath(inception_weights)
+
+    skipped: dict[str, str] = {}
+    timings: dict[str, float] = {}
     values = compute_metrics(
-        real.modalities[modality], fake_pixels, metrics, batch_size=batch_size, seed=run.seed, real_features=features
+        real.modalities[modality], fake_pixels, metrics, batch_size=batch_size, seed=run.seed,
+        real_features=features, skipped=skipped, timings=timings, **inputs,
     )
+    for family, reason in skipped.items():
+        logger.info("%s: metric family %s skipped: %s", run.name, family, reason)
+    for family, seconds in timings.items():
+        logger.info("%s: metric family %s took %.2f s", run.name, family, seconds)
+    undefined = [name for name, v in values.items() if math.isnan(v)]
+    if undefined:  # e.g. VIF of images under 41x41: no row rather than a NaN that plots and tables must special-case
+        logger.warning("%s: metrics undefined for these images, left out: %s", run.name, ", ".join(undefined))
+        values = {name: v for name, v in values.items() if name not in undefined}
+    families = {i.name: i.family for i in all_metric_info(list(inputs.get("sources") or ("mri", "pet")))}
     rows = pd.DataFrame(
-        [run.as_dict() | {"metric": name, "value": float(v), "reference": f"{split} split", "n_real": len(real), "n_fake": len(fake)}
+        [run.as_dict() | {"metric": name, "value": float(v), "reference": _reference(families.get(name, ""), split),
+                          "n_real": len(real), "n_fake": len(fake)}
          for name, v in values.items()]
     )
     _write_parquet(rows, out_parquet)
+    return rows
+
+
+def _reference(family: str, split: str) -> str:
+    """What a metric of `family` compares the samples with (the `reference` column of metrics.parquet)."""
+    if family.startswith("mia"):
+        return "train patients (members) vs held-out patients (non-members)"
+    if family in ("fusion", "iqa_sources"):
+        return "source pair of each fused image"
+    return f"{split} split"
+
+
+def _source_images(images_h5, fused: ImageSet, names: list[str], samples_h5) -> dict[str, np.ndarray]:
+    """The source images each fused sample was made from, matched on (patient_id, slice)."""
+    sources = read_image_set(images_h5, modalities=names)
+    row = {(p, int(s)): i for i, (p, s) in enumerate(zip(sources.patient_id, sources.slice))}
+    keys = list(zip(fused.patient_id, fused.slice))
+    missing = [k for k in keys if (k[0], int(k[1])) not in row]
+    if missing:
+        raise ValueError(f"{samples_h5}: fused samples of {missing[:3]} have no source pair in {images_h5}")
+    index = np.array([row[(p, int(s))] for p, s in keys])
+    return {m: sources.modalities[m][index] for m in names}
+
+
+COST_STAGES = ("train", "generate", "evaluate")
+#: Snakemake benchmark columns -> metric suffix and unit conversion
+_COST_COLUMNS = {"s": ("wall_s", 1.0), "cpu_time": ("cpu_s", 1.0), "max_rss": ("max_rss_mb", 1.0)}
+
+
+def cost_rows(run: dict[str, Any], stage: str, benchmark_tsv: str | os.PathLike) -> list[dict[str, Any]]:
+    """Metric rows ``cost_<stage>_{wall_s,cpu_s,max_rss_mb}`` of one run from its Snakemake `benchmark:` file.
+
+    Snakemake writes one row per repeat (we take the mean) and "-" or NaN where it could not measure
+    (e.g. memory of a job shorter than its sampling interval); those are left out rather than guessed."""
+    table = pd.read_csv(benchmark_tsv, sep="\t")
+    rows = []
+    for column, (suffix, scale) in _COST_COLUMNS.items():
+        if column not in table:
+            continue
+        value = pd.to_numeric(table[column], errors="coerce").mean()
+        if pd.notna(value):
+            rows.append(run | {"metric": f"cost_{stage}_{suffix}", "value": float(value) * scale,
+                               "reference": f"Snakemake benchmark of the {stage} job"})
     return rows
 
 
@@ -106,12 +208,24 @@ def aggregate(
     ledger_files: Iterable[str | os.PathLike],
     out_metrics: str | os.PathLike,
     out_privacy: str | os.PathLike,
+    *,
+    runs: list[dict[str, Any]] | None = None,
+    benchmarks: dict[str, list[str | os.PathLike]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Concatenate per-run metric tables and privacy ledgers into the two study tables."""
+    """Concatenate per-run metric tables and privacy ledgers into the two study tables.
+
+    With `runs` (run identities) and `benchmarks` ({stage: one benchmark file per run, same order}), the
+    cost of each job is added as metric rows (see `cost_rows`)."""
     metric_files, ledger_files = list(metric_files), list(ledger_files)
     if not metric_files or not ledger_files:
         raise ValueError("nothing to aggregate: no per-run metric tables or ledgers were given")
-    metrics = pd.concat([pd.read_parquet(f) for f in metric_files], ignore_index=True)
+    tables = [pd.read_parquet(f) for f in metric_files]
+    for stage, files in (benchmarks or {}).items():
+        files = list(files)
+        if runs is None or len(files) != len(runs):
+            raise ValueError(f"benchmarks of {stage}: {len(files)} files for {0 if runs is None else len(runs)} runs")
+        tables.append(pd.DataFrame([row for run, f in zip(runs, files) for row in cost_rows(run, stage, f)]))
+    metrics = pd.concat([t for t in tables if len(t)], ignore_index=True)
     metrics = metrics.sort_values(KEYS + ["metric"], kind="stable").reset_index(drop=True)
 
     records: list[dict[str, Any]] = []

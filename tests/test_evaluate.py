@@ -1,0 +1,135 @@
+"""One run's evaluation (`evaluate_run`: which families run, with which inputs) and the study tables
+(`aggregate`, job-cost rows from Snakemake benchmark files)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpmedgen.data.schema import ImageSet, write_image_set
+from dpmedgen.data.split import split_patients, write_splits
+from dpmedgen.evaluate import aggregate, cost_rows, evaluate_run
+from dpmedgen.generate import generate_samples
+from dpmedgen.metrics import METRICS, all_metric_info
+from dpmedgen.runs import RunSpec
+from dpmedgen.train import train_run
+
+ALL_FAMILIES = METRICS.names()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    n_patients, per = 12, 3
+    images = ImageSet(
+        modalities={m: rng.random((n_patients * per, 32, 32), dtype=np.float32) for m in ("mri", "pet")},
+        patient_id=np.repeat([f"P{i:02d}" for i in range(n_patients)], per),
+        slice=np.tile(np.arange(per), n_patients),
+        label=np.repeat(np.arange(n_patients) % 2, per),
+        dataset="toy",
+    )
+    write_image_set(root / "images.h5", images)
+    write_splits(split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0), root / "splits.parquet")
+    return root
+
+
+def _run(study, out, run: RunSpec, model_params: dict) -> dict:
+    """Train `run` for a few steps and generate its samples; return the paths evaluate_run needs."""
+    paths = {"checkpoint": out / "checkpoint.pt", "ledger": out / "privacy.json", "samples_h5": out / "samples.h5"}
+    train_run(
+        run, images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
+        model_params=model_params, privacy_params={}, delta=1e-3,
+        train={"steps": 2, "batch_size": 4, "device": "cpu"},
+        checkpoint=paths["checkpoint"], ledger=paths["ledger"], log_csv=out / "train_log.csv", progress=False,
+    )
+    generate_samples(
+        paths["checkpoint"], paths["samples_h5"], n_samples=10, seed=0, ledger=paths["ledger"],
+        images_h5=study / "images.h5", splits_parquet=study / "splits.parquet",
+    )
+    return paths
+
+
+def _evaluate(study, tmp_path, run, paths, **kwargs):
+    return evaluate_run(
+        run, images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
+        out_parquet=tmp_path / "metrics.parquet", **({"metrics": ALL_FAMILIES} | paths | kwargs),
+    )
+
+
+def test_private_gan_gets_every_applicable_family_with_bounds(study, tmp_path, caplog):
+    run = RunSpec("toy", "dcgan", "dpsgd", 2.0, 0)
+    paths = _run(study, tmp_path, run, {"width": 8, "latent_dim": 8})
+    with caplog.at_level("INFO", logger="dpmedgen.evaluate"):
+        rows = _evaluate(study, tmp_path, run, paths)
+    assert rows.equals(pd.read_parquet(tmp_path / "metrics.parquet"))
+    metric = dict(zip(rows.metric, rows.value))
+    families = {i.name: i.family for i in all_metric_info()}
+    assert {families[m] for m in metric} == set(ALL_FAMILIES) - {"fid_inception", "iqa_sources", "fusion"}
+    assert "fid_inception skipped: needs inception_weights" in caplog.text  # and the reason is logged
+    assert "fusion skipped: needs sources" in caplog.text
+    # members = the 6 training patients, non-members = the val + test patients (6), split by patient
+    assert metric["mia_n_members_patient"] == 6 and metric["mia_n_nonmembers_patient"] == 6
+    assert metric["mia_n_members_image"] == 18 and metric["mia_n_nonmembers_image"] == 18
+    # DP-SGD protects the discriminator, so both attacks get the bound of the per-patient guarantee
+    for attack in ("mia_dcr", "mia_discriminator"):
+        assert 0 <= metric[f"{attack}_auc_patient"] <= 1
+        bound = metric[f"{attack}_bound_tpr_at_fpr1pct_patient"]
+        assert math.exp(2.0) * 0.01 < bound <= math.exp(2.0) * 0.01 + 1e-3 + 1e-12
+    assert all(np.isfinite(v) for v in metric.values())
+    reference = dict(zip(rows.metric, rows.reference))
+    assert reference["fid_effnetlite0"] == "test split"
+    assert reference["mia_dcr_auc_image"].startswith("train patients (members)")
+    assert set(rows.n_fake) == {10}
+
+
+def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, caplog):
+    run = RunSpec("toy", "ddcgan", "none", math.inf, 0)
+    paths = _run(study, tmp_path, run, {"width": 4, "modalities": ["mri", "pet"]})
+    with caplog.at_level("INFO", logger="dpmedgen.evaluate"):
+        rows = _evaluate(study, tmp_path, run, paths)
+    metric = dict(zip(rows.metric, rows.value))
+    for name in ("fusion_en", "fusion_qabf", "fusion_ssim_mri", "fusion_cc_pet", "ms_ssim_vs_mri", "haarpsi_vs_pet"):
+        assert name in metric, name
+    # VIF is undefined under 41x41: no row (and a warning) rather than NaN in the table
+    assert not any(m.startswith("fusion_vif") for m in metric) and "fusion_vif" in caplog.text
+    assert not any(m.startswith("mia_") for m in metric)  # no members for fused test pairs: skipped, logged
+    assert "mia_dcr skipped" in caplog.text
+    assert dict(zip(rows.metric, rows.reference))["fusion_en"] == "source pair of each fused image"
+    with pytest.raises(ValueError, match="fused samples; give the run's checkpoint"):
+        _evaluate(study, tmp_path, run, paths | {"checkpoint": None})
+
+
+BENCHMARK = (
+    "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    "{s}\t0:00:12\t{rss}\t3124.05\t495.08\t534.05\t0.05\t0.02\t81.77\t{cpu}\n"
+)
+
+
+def test_cost_rows_read_snakemake_benchmarks_and_skip_unmeasured(tmp_path):
+    run = {"dataset": "toy", "model": "dcgan", "privacy": "none", "epsilon": math.inf, "seed": 0}
+    (tmp_path / "a.tsv").write_text(BENCHMARK.format(s=11.74, rss=637.35, cpu=10.05))
+    rows = {r["metric"]: r["value"] for r in cost_rows(run, "evaluate", tmp_path / "a.tsv")}
+    assert rows == {"cost_evaluate_wall_s": 11.74, "cost_evaluate_cpu_s": 10.05, "cost_evaluate_max_rss_mb": 637.35}
+    (tmp_path / "b.tsv").write_text(BENCHMARK.format(s=0.5, rss="-", cpu=0.4))  # too short to sample memory
+    rows = {r["metric"] for r in cost_rows(run, "train", tmp_path / "b.tsv")}
+    assert rows == {"cost_train_wall_s", "cost_train_cpu_s"}
+
+
+def test_aggregate_adds_cost_rows_per_run(study, tmp_path):
+    run = RunSpec("toy", "dcgan", "none", math.inf, 0)
+    paths = _run(study, tmp_path, run, {"width": 8, "latent_dim": 8})
+    _evaluate(study, tmp_path, run, paths, metrics=["ssim_nn"])
+    (tmp_path / "train.tsv").write_text(BENCHMARK.format(s=3.0, rss=100.0, cpu=2.5))
+    metrics, privacy = aggregate(
+        [tmp_path / "metrics.parquet"], [paths["ledger"]], tmp_path / "m.parquet", tmp_path / "p.parquet",
+        runs=[run.as_dict()], benchmarks={"train": [tmp_path / "train.tsv"]},
+    )
+    assert list(metrics.metric) == ["cost_train_cpu_s", "cost_train_max_rss_mb", "cost_train_wall_s", "ssim_nn"]
+    assert (metrics.model == "dcgan").all() and len(privacy) == 1
+    with pytest.raises(ValueError, match="benchmarks of train: 2 files for 1 runs"):
+        aggregate([tmp_path / "metrics.parquet"], [paths["ledger"]], tmp_path / "m.parquet", tmp_path / "p.parquet",
+                  runs=[run.as_dict()], benchmarks={"train": [tmp_path / "train.tsv"] * 2})
