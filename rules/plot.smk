@@ -8,6 +8,8 @@ rule plot_privacy_utility:
     output:
         png=f"{RESULTS}/figures/privacy_utility_{{dataset}}.png",
         pdf=f"{RESULTS}/figures/privacy_utility_{{dataset}}.pdf",
+    params:
+        metrics=config["plot"].get("privacy_utility_metrics"),
     log:
         f"{LOGS}/plot/privacy_utility_{{dataset}}.log",
     benchmark:

@@ -22,9 +22,15 @@ def run_label(run: RunSpec) -> str:
 
 
 def privacy_utility_figure(
-    metrics_parquet: str | os.PathLike, privacy_parquet: str | os.PathLike, dataset: str, paths: Sequence[str | os.PathLike]
+    metrics_parquet: str | os.PathLike,
+    privacy_parquet: str | os.PathLike,
+    dataset: str,
+    paths: Sequence[str | os.PathLike],
+    metric_names: Sequence[str] | None = None,
 ) -> None:
-    """Privacy-utility figure; the x-axis names the unit of ε from the runs' ledgers."""
+    """Privacy-utility figure of `metric_names` (default: every metric in the table); the x-axis names the
+    unit of ε from the runs' ledgers. Names absent from the table (e.g. fusion metrics of a study without a
+    fusion model) are left out; none present is an error."""
     ledgers = pd.read_parquet(privacy_parquet)
     ledgers = ledgers[(ledgers["dataset"] == dataset) & (ledgers["privacy"] != "none")]
     formal = ledgers[ledgers["guarantee"] == "formal"]
@@ -34,7 +40,14 @@ def privacy_utility_figure(
     else:
         xlabel = "target ε (log scale; units differ, see privacy.parquet)" if units else "noise calibration ε (log scale)"
     no_guarantee = set(ledgers.loc[ledgers["guarantee"] == "none", "privacy"])
-    plot_privacy_utility(pd.read_parquet(metrics_parquet), dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee)
+    metrics = pd.read_parquet(metrics_parquet)
+    if metric_names is not None:
+        chosen = metrics[metrics["metric"].isin(list(metric_names))]
+        if chosen.empty:
+            raise ValueError(f"none of the metrics {list(metric_names)} (config key plot.privacy_utility_metrics) "
+                             f"is in {metrics_parquet}")
+        metrics = chosen
+    plot_privacy_utility(metrics, dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee)
 
 
 def samples_figure(
