@@ -32,10 +32,9 @@ import logging
 from types import SimpleNamespace
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from dpmedgen.privacy.base import ImageDataset, PatientSliceDataset, PrivacyMode, TrainingData
+from dpmedgen.privacy.base import ImageDataset, PatientSliceDataset, PrivacyMode
 from dpmedgen.privacy.mechanisms import group_privacy
 
 
