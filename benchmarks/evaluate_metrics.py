@@ -13,6 +13,7 @@ machine and its load; the study's evaluation of one run is the sum of the lines.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 
 from dpmedgen.data.phantom import make_brain_phantom
 from dpmedgen.data.preprocess import preprocess
-from dpmedgen.metrics import METRICS, EvalContext, PatientImages, missing_inputs
+from dpmedgen.metrics import METRICS, EvalContext, PatientImages, skip_reason
 
 
 def _images(n: int, size: int) -> dict[str, np.ndarray]:
@@ -56,15 +57,18 @@ def main() -> None:
                               "delta_per_patient": 1e-5, "epsilon_per_image": 2.0, "delta_per_image": 5e-5})
     t0 = time.perf_counter()
     ctx.real_features, ctx.fake_features  # noqa: B018  (computed once, shared by the feature families)
+    unconditional = copy.copy(ctx)  # the same images and cached features, as samples of an unconditional model
+    unconditional.sources = None
     seconds = time.perf_counter() - t0
     print(f"{'features (EfficientNet-Lite0)':34s} {seconds:7.2f} s  {2 * n / seconds:8.0f} images/s (real + fake)")
     total = seconds
     for family in METRICS.names():
-        if missing_inputs(family, ctx):
-            print(f"{family:34s} skipped: needs {missing_inputs(family, ctx)}")
+        runnable = [c for c in (ctx, unconditional) if skip_reason(family, c) is None]
+        if not runnable:
+            print(f"{family:34s} skipped: {skip_reason(family, ctx)}")
             continue
         t0 = time.perf_counter()
-        METRICS.get(family)(ctx)
+        METRICS.get(family)(runnable[0])
         seconds = time.perf_counter() - t0
         total += seconds
         print(f"{family:34s} {seconds:7.2f} s  {n / seconds:8.0f} images/s")

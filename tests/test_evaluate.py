@@ -96,8 +96,10 @@ def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, capl
         assert name in metric, name
     # VIF is undefined under 41x41: no row (and a warning) rather than NaN in the table
     assert not any(m.startswith("fusion_vif") for m in metric) and "fusion_vif" in caplog.text
-    assert not any(m.startswith("mia_") for m in metric)  # no members for fused test pairs: skipped, logged
-    assert "mia_dcr skipped" in caplog.text
+    # the fused release is of held-out pairs: no distance attack (logged); the MRI discriminator is attacked
+    assert not any(m.startswith("mia_dcr") for m in metric) and "mia_dcr skipped: the samples are fusions" in caplog.text
+    assert 0 <= metric["mia_discriminator_auc_patient"] <= 1
+    assert not any("bound" in m for m in metric)  # non-private: no guarantee, no bound
     assert dict(zip(rows.metric, rows.reference))["fusion_en"] == "source pair of each fused image"
     with pytest.raises(ValueError, match="fused samples; give the run's checkpoint"):
         _evaluate(study, tmp_path, run, paths | {"checkpoint": None})

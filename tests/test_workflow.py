@@ -44,8 +44,8 @@ def test_ci_study_end_to_end(tmp_path):
     found = metrics.assign(family=metrics.metric.map(family)).groupby(["model", "privacy"]).family.agg(set)
     for (model, privacy), families in found.items():  # every family that applies to the run, and only those
         expected = {"fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "ssim_nn", "psnr_nn", "iqa_nn", "cost"}
-        if model == "ddcgan":
-            expected |= {"iqa_sources", "fusion"}  # fused test pairs: scored against their sources
+        if model == "ddcgan":  # fused test pairs: scored against their sources; LOGAN on its MRI discriminator
+            expected |= {"iqa_sources", "fusion", "mia_discriminator"}
         else:
             expected |= {"mia_dcr"} | ({"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set())
         assert families == expected, (model, privacy)  # fid_inception: skipped, no weights file in CI

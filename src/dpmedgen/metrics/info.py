@@ -48,3 +48,16 @@ def requires(*inputs: str) -> Callable[[Callable], Callable]:
         return fn
 
     return decorator
+
+
+def not_with(input_name: str, why: str) -> Callable[[Callable], Callable]:
+    """Declare that a metric family does not apply when the evaluation has `input_name` (e.g. an attack on
+    unconditional samples given fused images, whose `sources` are set); `why` is the reason reported."""
+    if input_name not in OPTIONAL_INPUTS:
+        raise ValueError(f"unknown optional input {input_name!r}; known: {OPTIONAL_INPUTS}")
+
+    def decorator(fn: Callable) -> Callable:
+        fn.not_with = {**getattr(fn, "not_with", {}), input_name: why}  # type: ignore[attr-defined]
+        return fn
+
+    return decorator

@@ -81,7 +81,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .info import MetricInfo, requires
+from .info import MetricInfo, not_with, requires
 
 if TYPE_CHECKING:
     from . import EvalContext
@@ -361,6 +361,11 @@ def _attack_rows(
     return out
 
 
+@not_with(
+    "sources",
+    "the samples are fusions of held-out source pairs, not draws from a model of the training patients: "
+    "their distance to a candidate says nothing about its membership",
+)
 @requires("members", "nonmembers")
 def mia_dcr(ctx: "EvalContext") -> dict[str, float]:
     """Distance-to-closest-record attack on the released samples (both levels), the candidate counts, the DP
