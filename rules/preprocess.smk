@@ -30,6 +30,7 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
+        canary_patients=config["split"].get("canary_patients", 0),
     log:
         f"{LOGS}/split/{{dataset}}.log",
     benchmark:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpmedgen.data.canary import choose_canary_patients
 from dpmedgen.data.schema import ImageSet, write_image_set
 from dpmedgen.data.split import split_patients, write_splits
 from dpmedgen.evaluate import aggregate, cost_rows, evaluate_run
@@ -33,7 +34,8 @@ def study(tmp_path_factory):
         dataset="toy",
     )
     write_image_set(root / "images.h5", images)
-    write_splits(split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0), root / "splits.parquet")
+    splits = split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    write_splits(choose_canary_patients(splits, 1, seed=0), root / "splits.parquet")  # 3 of 18 training images
     return root
 
 
@@ -71,6 +73,7 @@ def test_private_gan_gets_every_applicable_family_with_bounds(study, tmp_path, c
     assert {families[m] for m in metric} == set(ALL_FAMILIES) - {"fid_inception", "iqa_sources", "fusion"}
     assert "fid_inception skipped: needs inception_weights" in caplog.text  # and the reason is logged
     assert "fusion skipped: needs sources" in caplog.text
+    assert metric["canary_train_share"] == pytest.approx(3 / 18) and metric["canary_rate_real"] == 0
     # members = the 6 training patients, non-members = the val + test patients (6), split by patient
     assert metric["mia_n_members_patient"] == 6 and metric["mia_n_nonmembers_patient"] == 6
     assert metric["mia_n_members_image"] == 18 and metric["mia_n_nonmembers_image"] == 18
@@ -100,6 +103,7 @@ def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, capl
     assert not any(m.startswith("mia_dcr") for m in metric) and "mia_dcr skipped: the samples are fusions" in caplog.text
     assert 0 <= metric["mia_discriminator_auc_patient"] <= 1
     assert not any("bound" in m for m in metric)  # non-private: no guarantee, no bound
+    assert "canary" not in metric and "canary skipped: fused samples" in caplog.text
     assert dict(zip(rows.metric, rows.reference))["fusion_en"] == "source pair of each fused image"
     with pytest.raises(ValueError, match="fused samples; give the run's checkpoint"):
         _evaluate(study, tmp_path, run, paths | {"checkpoint": None})

@@ -47,7 +47,7 @@ def test_ci_study_end_to_end(tmp_path):
         if model == "ddcgan":  # fused test pairs: scored against their sources; LOGAN on its MRI discriminator
             expected |= {"iqa_sources", "fusion", "mia_discriminator"}
         else:
-            expected |= {"mia_dcr"} | ({"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set())
+            expected |= {"mia_dcr", "canary"} | ({"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set())
         assert families == expected, (model, privacy)  # fid_inception: skipped, no weights file in CI
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
     assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon"].iloc[0])

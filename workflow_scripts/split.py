@@ -4,4 +4,7 @@ setup_rule_log(snakemake.log[0])
 
 from dpmedgen.data.stages import split_file
 
-split_file(snakemake.input[0], snakemake.output[0], fractions=snakemake.params.fractions, seed=snakemake.params.seed)
+split_file(
+    snakemake.input[0], snakemake.output[0], fractions=snakemake.params.fractions, seed=snakemake.params.seed,
+    canary_patients=snakemake.params.canary_patients,
+)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from dpmedgen.data.canary import canary_patients, plant
 from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
@@ -126,7 +127,12 @@ def evaluate_run(
     everyone = read_image_set(images_h5, modalities=[modality])
     members = select_split(everyone, splits, "train")
     held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
-    inputs["members"] = PatientImages(members.modalities[modality], members.patient_id)
+    member_pixels = members.modalities[modality]
+    carriers = np.isin(members.patient_id.astype(str), list(canary_patients(splits)))
+    if carriers.any():  # the members as trained on, marker included (see train.run.load_split_images)
+        member_pixels = plant(member_pixels, carriers)
+        inputs["canary"] = float(carriers.mean())
+    inputs["members"] = PatientImages(member_pixels, members.patient_id)
     inputs["nonmembers"] = PatientImages(
         np.concatenate([h.modalities[modality] for h in held_out]),
         np.concatenate([h.patient_id for h in held_out]),
@@ -165,6 +171,8 @@ def evaluate_run(
 
 def _reference(family: str, split: str) -> str:
     """What a metric of `family` compares the samples with (the `reference` column of metrics.parquet)."""
+    if family == "canary":
+        return "canary marker of the training patients flagged in splits.parquet"
     if family.startswith("mia"):
         return "train patients (members) vs held-out patients (non-members)"
     if family in ("fusion", "iqa_sources"):

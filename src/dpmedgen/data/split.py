@@ -2,7 +2,8 @@
 
 Splitting by patient (never by image) keeps every slice of a patient in one split, so no patient
 leaks between training and evaluation. A split table has one row per patient with the columns
-``patient_id, split, label, n_images`` and is stored as parquet.
+``patient_id, split, label, n_images`` (and optionally ``canary``: the train patients whose training images
+carry a planted marker, see :mod:`dpmedgen.data.canary`) and is stored as parquet.
 
 Allocation: patients are grouped by label; within each label (in increasing label order) the
 patients, sorted by id, are shuffled with ``numpy.random.default_rng(seed)`` and cut into
@@ -25,6 +26,7 @@ from dpmedgen.data.schema import ImageSet
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("patient_id", "split", "label", "n_images")
+OPTIONAL_COLUMNS = ("canary",)
 _FRACTION_TOL = 1e-6
 
 
@@ -129,6 +131,13 @@ def check_split(df: pd.DataFrame, images: ImageSet | None = None) -> None:
     if not bad.empty:
         row = bad.iloc[0]
         raise SplitError(f"patient {row['patient_id']!r} has invalid split {row['split']!r}; allowed: {', '.join(SPLITS)}")
+    if "canary" in df.columns:
+        if df["canary"].dtype != bool:
+            raise SplitError(f"split table column 'canary' must be boolean, got {df['canary'].dtype}")
+        held_out = df.loc[df["canary"] & (df["split"] != "train")]
+        if not held_out.empty:
+            row = held_out.iloc[0]
+            raise SplitError(f"patient {row['patient_id']!r} carries a canary but is in split {row['split']!r}; canaries go to train patients only")
     if images is None:
         return
     expected = _patient_table(images).set_index("patient_id")
@@ -152,7 +161,8 @@ def write_splits(df: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    out = df[list(COLUMNS)].sort_values("patient_id", kind="stable").reset_index(drop=True)
+    columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    out = df[columns].sort_values("patient_id", kind="stable").reset_index(drop=True)
     try:
         out.to_parquet(tmp, index=False)
         os.replace(tmp, path)

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from dpmedgen.data import DATASETS
+from dpmedgen.data.canary import choose_canary_patients
 from dpmedgen.data.preprocess import preprocess
 from dpmedgen.data.schema import read_image_set, write_image_set
 from dpmedgen.data.split import split_patients, write_splits
@@ -19,5 +20,11 @@ def preprocess_file(in_h5: str | os.PathLike, out_h5: str | os.PathLike, size: i
     write_image_set(out_h5, preprocess(read_image_set(in_h5), size))
 
 
-def split_file(in_h5: str | os.PathLike, out_parquet: str | os.PathLike, fractions: dict[str, float], seed: int) -> None:
-    write_splits(split_patients(read_image_set(in_h5), fractions, seed), out_parquet)
+def split_file(
+    in_h5: str | os.PathLike, out_parquet: str | os.PathLike, fractions: dict[str, float], seed: int, canary_patients: int = 0
+) -> None:
+    """Split by patient; with `canary_patients` > 0, flag that many train patients to carry the canary marker."""
+    splits = split_patients(read_image_set(in_h5), fractions, seed)
+    if canary_patients:
+        splits = choose_canary_patients(splits, canary_patients, seed)
+    write_splits(splits, out_parquet)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..registry import Registry
-from . import fidelity, fusion, image_quality, iqa, membership
+from . import canary, fidelity, fusion, image_quality, iqa, membership
 from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
 from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, not_with, requires
 
@@ -167,7 +167,7 @@ METRICS.register("kid_effnetlite0")(fidelity.kid_effnetlite0)
 METRICS.register("fid_inception")(fidelity.fid_inception_family)
 METRICS.register("ssim_nn")(image_quality.ssim_nn)
 METRICS.register("psnr_nn")(image_quality.psnr_nn)
-for _module in (fidelity, iqa, fusion, membership):
+for _module in (fidelity, iqa, fusion, membership, canary):
     for _family, _fn in _module.FAMILIES.items():
         METRICS.register(_family)(_fn)
     METRIC_INFO.update({_info.name: _info for _info in _module.INFO})
@@ -177,7 +177,7 @@ EXTERNAL_FAMILIES = ("cost",)
 #: Reading order of the families in README's metric table (fidelity, image quality, fusion, privacy, cost).
 FAMILY_ORDER = (
     "fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "fid_inception", "ssim_nn", "psnr_nn", "iqa_nn",
-    "iqa_sources", "fusion", "mia_dcr", "mia_discriminator", "cost",
+    "iqa_sources", "fusion", "mia_dcr", "mia_discriminator", "canary", "cost",
 )
 
 
@@ -230,6 +230,8 @@ class EvalContext:
     - ``ledger``: the run's privacy ledger (dict; ``guarantee``, ``epsilon_per_patient``, ``delta_per_patient``,
       ``epsilon_per_image``, ``delta_per_image``, ... for formal guarantees).
     - ``inception_weights``: path of the user's TF-Inception TorchScript file (``fid_inception``).
+    - ``canary``: the share of the run's training images that carried the canary marker (runs whose split
+      planted canaries; ``canary`` family).
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class EvalContext:
         discriminator: Callable[[torch.Tensor], torch.Tensor] | None = None,
         ledger: dict | None = None,
         inception_weights: str | None = None,
+        canary: float | None = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
@@ -267,6 +270,9 @@ class EvalContext:
         self.discriminator = discriminator
         self.ledger = ledger
         self.inception_weights = inception_weights
+        if canary is not None and not 0 < canary <= 1:
+            raise ValueError(f"canary: the share of training images carrying the canary must be in (0, 1], got {canary}")
+        self.canary = canary
         if self.real.shape[1:] != self.fake.shape[1:]:
             raise ValueError(
                 f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"

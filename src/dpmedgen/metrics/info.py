@@ -34,7 +34,7 @@ class PatientImages:
 
 #: Optional EvalContext inputs; a family that needs one lists it in its ``requires`` attribute and is
 #: skipped (with the reason reported) when the evaluation does not have it.
-OPTIONAL_INPUTS = ("sources", "members", "nonmembers", "discriminator", "ledger", "inception_weights")
+OPTIONAL_INPUTS = ("sources", "members", "nonmembers", "discriminator", "ledger", "inception_weights", "canary")
 
 
 def requires(*inputs: str) -> Callable[[Callable], Callable]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpmedgen.data.canary import canary_patients, plant
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.models import MODELS, GenerativeModel
@@ -28,10 +29,17 @@ GRID_SEED = 2024  # fixed latents / inputs for every grid of a run, so grids are
 def load_split_images(
     images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modalities: tuple[str, ...], split: str = "train"
 ) -> TrainingData:
-    """One split's images, modalities stacked as channels, scaled from [0, 1] to [-1, 1]: (N, C, H, W)."""
+    """One split's images, modalities stacked as channels, scaled from [0, 1] to [-1, 1]: (N, C, H, W).
+
+    The images of canary patients (the split table's ``canary`` column) carry the canary marker in every
+    channel (:mod:`dpmedgen.data.canary`): training sees them that way."""
     images = read_image_set(images_h5, modalities=list(modalities))
-    part = select_split(images, read_splits(splits_parquet), split)
+    splits = read_splits(splits_parquet)
+    part = select_split(images, splits, split)
     pixels = torch.from_numpy(np.stack([part.modalities[m] for m in modalities], axis=1)) * 2.0 - 1.0
+    carriers = np.isin(part.patient_id.astype(str), list(canary_patients(splits)))
+    if carriers.any():
+        pixels = plant(pixels, carriers, low=-1.0, high=1.0)
     return TrainingData(images=pixels, patient_ids=part.patient_id)
 
 
