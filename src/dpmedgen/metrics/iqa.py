@@ -23,6 +23,13 @@ They compute in float64 throughout: float32 would cost HaarPSI ~2e-5 (its logit 
 shifted slices and summed-area tables instead of float64 ``conv2d`` (slow on CPU), exactly the same sums.
 MS-SSIM uses torchmetrics in float32 (see :func:`ms_ssim_values` for its precision).
 
+Cross-check against piq 0.8.0 (which cannot be a dependency: it imports torchvision, whose binary does not
+load with our torch 2.13 CPU build; it was imported once with torchvision stubbed out), on 16 phantom MRI
+slices at 64 px with Gaussian noise of sd 0.02, 0.1 and 0.3: MS-GMSD and HaarPSI equal piq's to within
+1.4e-14; MDSI equals ``piq.mdsi(..., alpha=1.0)`` (gradient similarity only, as here) to within 1.1e-5
+(piq computes in float32). piq's default on grayscale input (alpha 0.6 after copying the grey channel into
+RGB) gives lower values (0.30 vs 0.35 at sd 0.02).
+
 Speed (2 shared CPU threads, 1,000 pairs of 64 x 64 images): MS-SSIM 1.1-1.6 s, MS-GMSD 0.1-0.2 s,
 MDSI 0.2-0.35 s, HaarPSI 0.1-0.25 s.
 
