@@ -15,10 +15,14 @@ The marker. A checkerboard of 4 x 4 cells (cell = max(1, size // 32) pixels, so 
 written over the image at offset size // 16 from the top-left corner, in the background outside the head:
 cells alternate 1 and 0 (white and black). Nothing in a brain slice looks like it.
 
-Detection (:func:`canary_strength`): the mean intensity of the marker's white cells minus the mean of its
-black cells, at the marker's place: 1 for a planted marker, about 0 for uniform background, and below
-:data:`DETECTION_THRESHOLD` (0.5) for real phantom images (tested). A sample "reproduces the canary" when its
-strength is at least the threshold.
+Detection (:func:`canary_detected`). Strength (:func:`canary_strength`): the mean intensity of the marker's
+white cells minus the mean of its black cells, at the marker's place: 1 for a planted marker, about 0 for
+uniform background, below 0.25 for real phantom slices (tested). A sample reproduces the canary when its
+strength is at least :data:`DETECTION_THRESHOLD` (0.5) *and* every white cell is brighter than every black
+cell (cell means). The second condition is what makes noise harmless: the strength alone fires on about 4 %
+of pure-noise images at 32² (the released samples of output perturbation at small ε are nearly binary
+noise), while for noise whose 16 cells are exchangeable the chance that the 8 white cells all beat the 8
+black ones is 1 / C(16, 8) = 1 / 12,870 (tested on 20,000 noise images).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 __all__ = [
     "CELLS",
     "DETECTION_THRESHOLD",
+    "canary_detected",
     "canary_mask",
     "canary_patients",
     "canary_strength",
@@ -97,6 +102,25 @@ def canary_strength(images: np.ndarray | torch.Tensor) -> np.ndarray:
     mask = canary_mask(*x.shape[-2:])
     x = x.astype(np.float64)
     return x[:, mask == 1].mean(axis=1) - x[:, mask == -1].mean(axis=1)
+
+
+def _cell_means(x: np.ndarray) -> np.ndarray:
+    """Mean of each marker cell, (N, CELLS, CELLS), for images (N, H, W)."""
+    cell, offset = _geometry(*x.shape[-2:])
+    block = x[:, offset : offset + CELLS * cell, offset : offset + CELLS * cell].astype(np.float64)
+    return block.reshape(len(x), CELLS, cell, CELLS, cell).mean(axis=(2, 4))
+
+
+def canary_detected(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Whether each image (N, H, W) or (N, 1, H, W) in [0, 1] reproduces the marker, bool (N,): strength >=
+    DETECTION_THRESHOLD and every white cell brighter than every black cell (see the module docstring)."""
+    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if x.ndim == 4:
+        x = x[:, 0]
+    cells = _cell_means(x)
+    white = (np.add.outer(np.arange(CELLS), np.arange(CELLS)) % 2) == 0
+    ordered = cells[:, white].min(axis=1) > cells[:, ~white].max(axis=1)
+    return ordered & (canary_strength(x) >= DETECTION_THRESHOLD)
 
 
 def choose_canary_patients(splits: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Canary exposure: how often released samples reproduce the marker planted in a few training patients.
 
 See :mod:`dpmedgen.data.canary` for the marker, the choice of patients and the detector. A sample reproduces
-the canary when its marker strength is at least ``DETECTION_THRESHOLD``. Three numbers per run:
+the canary when :func:`~dpmedgen.data.canary.canary_detected` says so. Three numbers per run:
 
 - ``canary_rate``: share of released samples that reproduce it.
 - ``canary_train_share``: share of the training images that carry it; a model that reproduces its training
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.canary import DETECTION_THRESHOLD, canary_strength
+from ..data.canary import DETECTION_THRESHOLD, canary_detected
 from .info import MetricInfo, not_with, requires
 
 if TYPE_CHECKING:
@@ -32,15 +32,16 @@ if TYPE_CHECKING:
 def canary(ctx: "EvalContext") -> dict[str, float]:
     """Canary exposure of the samples (see the module docstring)."""
     return {
-        "canary_rate": float(np.mean(canary_strength(ctx.fake) >= DETECTION_THRESHOLD)),
+        "canary_rate": float(np.mean(canary_detected(ctx.fake))),
         "canary_train_share": float(ctx.canary),
-        "canary_rate_real": float(np.mean(canary_strength(ctx.real) >= DETECTION_THRESHOLD)),
+        "canary_rate_real": float(np.mean(canary_detected(ctx.real))),
     }
 
 
 _SOURCE = (
     f"planted checkerboard marker (dpmedgen.data.canary; after Carlini et al., The Secret Sharer, USENIX "
-    f"Security 2019); detected when white-minus-black cell mean >= {DETECTION_THRESHOLD}"
+    f"Security 2019); detected when white-minus-black cell mean >= {DETECTION_THRESHOLD} and every white cell is brighter "
+    "than every black cell"
 )
 
 INFO: list[MetricInfo] = [
