@@ -12,12 +12,13 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
-from dpmedgen.config import check_config, model_params, privacy_params, resources, runs, skipped_pairs, train_settings
+from dpmedgen.config import check_config, coerce_command_line_values, model_params, privacy_params, resources, runs, skipped_pairs, train_settings
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
 
 
+coerce_command_line_values(config)  # `--config seeds=[0,1]` arrives as strings
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
 

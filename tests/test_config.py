@@ -92,3 +92,20 @@ def test_epsilon_spelling_round_trips():
     assert format_epsilon(1.0) == "1" and format_epsilon(math.inf) == "inf"
     with pytest.raises(ValueError):
         parse_epsilon("-1")
+
+
+def test_command_line_overrides_are_typed_again(config):
+    """`snakemake --config seeds=[0,1,2]` (README) gives strings inside lists; they must validate as numbers."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    from dpmedgen.config import coerce_command_line_values
+
+    update_config(config, parse_config(["seeds=[0,1,2]", "privacy={epsilons: [0.5, 1e1], delta: 1e-5}"]))
+    assert config["seeds"] == ["0", "1", "2"]  # what Snakemake hands over
+    coerce_command_line_values(config)
+    assert config["seeds"] == [0, 1, 2] and config["privacy"]["epsilons"] == [0.5, 10.0]
+    assert config["privacy"]["delta"] == 1e-5 and config["privacy"]["modes"][0] == "none"
+    assert config["evaluate"]["inception_weights"] is None and config["datasets"]["brain_phantom"]["modality"] == "mri"
+    validate_schema(config)
+    check_config(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,32 @@ NON_PRIVATE = "none"
 
 class ConfigError(ValueError):
     """The study configuration is invalid; the message names the key."""
+
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?|[+-]?(inf|Infinity)")
+_LITERALS = {"true": True, "false": False, "null": None}
+
+
+def coerce_command_line_values(config: Any) -> Any:
+    """Undo the stringification of `snakemake --config` values, in place; returns `config`.
+
+    Snakemake parses a value such as `seeds=[0,1,2]` with YAML's BaseLoader, so scalars inside lists and
+    mappings arrive as strings (`['0', '1', '2']`) and would fail the schema. Strings that spell an integer,
+    a float (`1e-5`, `inf`) or `true` / `false` / `null` become that value; other strings are left alone.
+    """
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in list(items):
+        if isinstance(value, (dict, list)):
+            coerce_command_line_values(value)
+        elif isinstance(value, str):
+            if _INT.fullmatch(value):
+                config[key] = int(value)
+            elif _FLOAT.fullmatch(value):
+                config[key] = float(value)
+            elif value in _LITERALS:
+                config[key] = _LITERALS[value]
+    return config
 
 
 def validate_schema(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> None:
