@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,3 +44,43 @@ def functional_discriminator_loss(mode, head, fake: torch.Tensor, real=None) -> 
     model = SimpleNamespace(sample_latent=lambda n, device=None: torch.zeros(n, 1))
     nets = {"discriminator": head, "generator": lambda z: fake[: len(z)]}
     return mode.player_loss(model, Player("discriminator", "discriminator", True), nets, real, len(fake)).sum()
+
+
+def blobs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random smooth blob images in [0, 1], float32 (n, size, size)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    x = gaussian_filter(rng.random((n, size, size)), sigma=(0, size / 16, size / 16))
+    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def noisy(x: np.ndarray, sd: float, seed: int = 1) -> np.ndarray:
+    """`x` plus Gaussian noise of standard deviation `sd`, clipped to [0, 1], float32."""
+    rng = np.random.default_rng(seed)
+    return np.clip(x + rng.normal(0.0, sd, x.shape), 0.0, 1.0).astype(np.float32)
+
+
+def toy_study(root: Path, canary_patients: int = 0) -> Path:
+    """`images.h5` (12 patients x 3 slices of random 32² MRI and PET, labels alternating) and `splits.parquet`
+    (train / val / test = 6 / 3 / 3 patients, `canary_patients` of the train patients carrying the canary)."""
+    from dpmedgen.data.canary import choose_canary_patients
+    from dpmedgen.data.schema import ImageSet, write_image_set
+    from dpmedgen.data.split import split_patients, write_splits
+
+    rng = np.random.default_rng(0)
+    n_patients, per = 12, 3
+    images = ImageSet(
+        modalities={m: rng.random((n_patients * per, 32, 32), dtype=np.float32) for m in ("mri", "pet")},
+        patient_id=np.repeat([f"P{i:02d}" for i in range(n_patients)], per),
+        slice=np.tile(np.arange(per), n_patients),
+        label=np.repeat(np.arange(n_patients) % 2, per),
+        dataset="toy",
+    )
+    write_image_set(root / "images.h5", images)
+    splits = split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    if canary_patients:
+        splits = choose_canary_patients(splits, canary_patients, seed=0)
+    write_splits(splits, root / "splits.parquet")
+    return root

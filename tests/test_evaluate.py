@@ -8,10 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import toy_study
 
-from dpmedgen.data.canary import choose_canary_patients
-from dpmedgen.data.schema import ImageSet, write_image_set
-from dpmedgen.data.split import split_patients, write_splits
 from dpmedgen.evaluate import aggregate, cost_rows, evaluate_run
 from dpmedgen.generate import generate_samples
 from dpmedgen.metrics import METRICS, all_metric_info
@@ -23,20 +21,7 @@ ALL_FAMILIES = METRICS.names()
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(0)
-    n_patients, per = 12, 3
-    images = ImageSet(
-        modalities={m: rng.random((n_patients * per, 32, 32), dtype=np.float32) for m in ("mri", "pet")},
-        patient_id=np.repeat([f"P{i:02d}" for i in range(n_patients)], per),
-        slice=np.tile(np.arange(per), n_patients),
-        label=np.repeat(np.arange(n_patients) % 2, per),
-        dataset="toy",
-    )
-    write_image_set(root / "images.h5", images)
-    splits = split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
-    write_splits(choose_canary_patients(splits, 1, seed=0), root / "splits.parquet")  # 3 of 18 training images
-    return root
+    return toy_study(tmp_path_factory.mktemp("study"), canary_patients=1)  # 3 of 18 training images
 
 
 def _run(study, out, run: RunSpec, model_params: dict) -> dict:

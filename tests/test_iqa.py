@@ -14,6 +14,9 @@ from scipy import signal
 from scipy.ndimage import gaussian_filter
 from skimage import data, transform
 
+import conftest
+from conftest import noisy
+
 from dpmedgen.metrics import EvalContext
 from dpmedgen.metrics.iqa import (
     FAMILIES,
@@ -45,16 +48,7 @@ def camera(size: int = 64) -> np.ndarray:
 
 
 def blobs(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
-    """Random smooth images in [0, 1], float32 (n, size, size)."""
-    rng = np.random.default_rng(seed)
-    x = gaussian_filter(rng.random((n, size, size)), sigma=(0, size / 16, size / 16))
-    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
-    return ((x - lo) / (hi - lo)).astype(np.float32)
-
-
-def noisy(x: np.ndarray, sd: float, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(x + rng.normal(0.0, sd, x.shape), 0.0, 1.0).astype(x.dtype)
+    return conftest.blobs(n, size, seed)
 
 
 def better(stem: str, a: float, b: float) -> bool:

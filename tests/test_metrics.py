@@ -7,27 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import blobs, noisy
 import torch
 from scipy import linalg
-from scipy.ndimage import gaussian_filter
 
 from dpmedgen.metrics import METRIC_INFO, METRICS, EvalContext, evaluate, metric_names
 from dpmedgen.metrics.encoder import NUM_FEATURES, extract_features, get_encoder, load_state_dict
 from dpmedgen.metrics.fidelity import frechet_distance, kernel_distance
 from dpmedgen.metrics.image_quality import nearest_real_indices, nn_psnr_values
-
-
-def blobs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Random smooth blob images in [0, 1], float32 (n, size, size)."""
-    rng = np.random.default_rng(seed)
-    x = gaussian_filter(rng.random((n, size, size)), sigma=(0, size / 16, size / 16))
-    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
-    return ((x - lo) / (hi - lo)).astype(np.float32)
-
-
-def noisy(x: np.ndarray, sd: float, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(x + rng.normal(0.0, sd, x.shape), 0.0, 1.0).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

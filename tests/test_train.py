@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import toy_study
 import torch
 
-from dpmedgen.data.schema import ImageSet, write_image_set
-from dpmedgen.data.split import split_patients, write_splits
 from dpmedgen.generate import generate_samples
 from dpmedgen.privacy import PrivacyMode, TrainingData, read_ledger
 from dpmedgen.models import MODELS
@@ -21,19 +20,7 @@ TRAIN = {"steps": 4, "batch_size": 4, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(0)
-    n_patients, per = 12, 3
-    images = ImageSet(
-        modalities={m: rng.random((n_patients * per, 32, 32), dtype=np.float32) for m in ("mri", "pet")},
-        patient_id=np.repeat([f"P{i:02d}" for i in range(n_patients)], per),
-        slice=np.tile(np.arange(per), n_patients),
-        label=np.repeat(np.arange(n_patients) % 2, per),
-        dataset="toy",
-    )
-    write_image_set(root / "images.h5", images)
-    write_splits(split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0), root / "splits.parquet")
-    return root
+    return toy_study(tmp_path_factory.mktemp("study"))
 
 
 def _train(study, out, run, **overrides):
