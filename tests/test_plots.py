@@ -152,3 +152,13 @@ def test_style_mappings():
     assert len({PRIVACY_COLORS[n] for n in names}) == len(names)  # all distinguishable
     assert set(MODEL_MARKERS) >= {"dcgan", "sngan", "ddcgan", "ddpm"}
     assert privacy_color("something_new") == privacy_color("something_new")  # stable fallback
+
+
+def test_ylabel_states_a_direction_only_for_metrics_that_have_one():
+    from dpmedgen.metrics import METRIC_INFO
+    from dpmedgen.plots.privacy_utility import _ylabel
+
+    assert _ylabel("fid_effnetlite0", METRIC_INFO).endswith("lower is better")
+    assert _ylabel("precision_effnetlite0", METRIC_INFO).endswith("higher is better")
+    assert _ylabel("density_effnetlite0", METRIC_INFO) == "density_effnetlite0"  # ~1 is ideal: neither
+    assert _ylabel("mia_dcr_bound_tpr_at_fpr1pct_patient", METRIC_INFO) == "mia_dcr_bound_tpr_at_fpr1pct_patient"

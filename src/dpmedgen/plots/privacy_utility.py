@@ -37,7 +37,7 @@ def _metric_order(names: Sequence[str], metric_info: Mapping[str, Any]) -> list[
 
 def _ylabel(metric: str, metric_info: Mapping[str, Any]) -> str:
     info = metric_info.get(metric)
-    if info is None:
+    if info is None or info.higher_is_better is None:  # a count, a bound or a two-sided quantity: no direction
         return metric
     better = "↑ higher is better" if info.higher_is_better else "↓ lower is better"
     return f"{metric}\n{better}"
