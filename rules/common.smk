@@ -61,6 +61,13 @@ def benchmark_paths(stage, runs=RUNS):
     return per_run(f"{BENCHMARKS}/{stage}/{RUN_ID}.tsv", runs)
 
 
+def downstream_reference_paths():
+    """The downstream family's real-data reference rows, one file per (dataset, seed), when it is evaluated."""
+    if "downstream" not in config["evaluate"]["metrics"]:
+        return []
+    return [f"{RESULTS}/{d}/downstream_reference/seed{s}.parquet" for d in config["datasets"] for s in config["seeds"]]
+
+
 def train_inputs(wildcards):
     """Images and split; modes that reuse the non-private training also get that run's checkpoint and log."""
     inputs = {

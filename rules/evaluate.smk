@@ -1,5 +1,5 @@
-# Metrics of each run against real held-out patients (their encoder features computed once per dataset),
-# then the study tables.
+# Metrics of each run against real held-out patients (their encoder features computed once per dataset; the
+# downstream classifier's real-data reference once per dataset and seed), then the study tables.
 
 
 rule real_features:
@@ -26,6 +26,30 @@ rule real_features:
         "../workflow_scripts/real_features.py"
 
 
+rule downstream_reference:
+    input:
+        images=f"{RESULTS}/{{dataset}}/images.h5",
+        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
+    output:
+        f"{RESULTS}/{{dataset}}/downstream_reference/seed{{seed}}.parquet",
+    params:
+        modality=lambda w: config["datasets"][w.dataset]["modality"],
+        split=config["evaluate"].get("split", "test"),
+        epochs=config["evaluate"].get("downstream_epochs", 30),
+    log:
+        f"{LOGS}/downstream_reference/{{dataset}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/downstream_reference/{{dataset}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: resources(config, "evaluate")["threads"]
+    resources:
+        mem_mb=resources(config, "evaluate")["mem_mb"],
+        runtime=resources(config, "evaluate")["runtime"],
+    script:
+        "../workflow_scripts/downstream_reference.py"
+
+
 rule evaluate:
     input:
         samples=f"{RUN_DIR}/samples.h5",
@@ -43,6 +67,7 @@ rule evaluate:
         batch_size=config["evaluate"].get("batch_size", 64),
         nonmember_splits=config["evaluate"].get("nonmember_splits", ["val", "test"]),
         inception_weights=config["evaluate"].get("inception_weights"),
+        downstream_epochs=config["evaluate"].get("downstream_epochs", 30),
     log:
         f"{LOGS}/evaluate/{RUN_ID}.log",
     benchmark:
@@ -59,7 +84,7 @@ rule evaluate:
 
 rule aggregate:
     input:
-        metrics=run_paths("metrics.parquet"),
+        metrics=run_paths("metrics.parquet") + downstream_reference_paths(),
         ledgers=run_paths("privacy.json"),
         train_benchmarks=benchmark_paths("train"),
         generate_benchmarks=benchmark_paths("generate"),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import toy_study
 
-from dpmedgen.evaluate import aggregate, cost_rows, evaluate_run
+from dpmedgen.evaluate import aggregate, cost_rows, downstream_reference, evaluate_run
 from dpmedgen.generate import generate_samples
 from dpmedgen.metrics import METRICS, all_metric_info
 from dpmedgen.runs import RunSpec
@@ -24,13 +24,14 @@ def study(tmp_path_factory):
     return toy_study(tmp_path_factory.mktemp("study"), canary_patients=1)  # 3 of 18 training images
 
 
-def _run(study, out, run: RunSpec, model_params: dict) -> dict:
-    """Train `run` for a few steps and generate its samples; return the paths evaluate_run needs."""
+def _run(study, out, run: RunSpec, model_params: dict, class_generators: bool = True) -> dict:
+    """Train `run` for a few steps (one generator per class unless told otherwise) and generate its samples;
+    return the paths evaluate_run needs."""
     paths = {"checkpoint": out / "checkpoint.pt", "ledger": out / "privacy.json", "samples_h5": out / "samples.h5"}
     train_run(
         run, images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
         model_params=model_params, privacy_params={}, delta=1e-3,
-        train={"steps": 2, "batch_size": 4, "device": "cpu"},
+        train={"steps": 2, "batch_size": 4, "device": "cpu", "class_generators": class_generators},
         checkpoint=paths["checkpoint"], ledger=paths["ledger"], log_csv=out / "train_log.csv", progress=False,
     )
     generate_samples(
@@ -58,6 +59,9 @@ def test_private_gan_gets_every_applicable_family_with_bounds(study, tmp_path, c
     assert {families[m] for m in metric} == set(ALL_FAMILIES) - {"fid_inception", "iqa_sources", "fusion"}
     assert "fid_inception skipped: needs inception_weights" in caplog.text  # and the reason is logged
     assert "fusion skipped: needs sources" in caplog.text
+    # the classifier trained on the labelled samples, selected on val, tested on the test patients
+    assert 0 <= metric["downstream_auroc"] <= 1 and 1 <= metric["downstream_epoch"] <= 30
+    assert dict(zip(rows.metric, rows.reference))["downstream_auroc"].endswith("tested on the test split")
     assert metric["canary_train_share"] == pytest.approx(3 / 18) and metric["canary_rate_real"] == 0
     # members = the 6 training patients, non-members = the val + test patients (6), split by patient
     assert metric["mia_n_members_patient"] == 6 and metric["mia_n_nonmembers_patient"] == 6
@@ -89,9 +93,32 @@ def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, capl
     assert 0 <= metric["mia_discriminator_auc_patient"] <= 1
     assert not any("bound" in m for m in metric)  # non-private: no guarantee, no bound
     assert "canary" not in metric and "canary skipped: fused samples" in caplog.text
+    assert "downstream" not in metric and "downstream skipped: fused images are fusions" in caplog.text
     assert dict(zip(rows.metric, rows.reference))["fusion_en"] == "source pair of each fused image"
     with pytest.raises(ValueError, match="fused samples; give the run's checkpoint"):
         _evaluate(study, tmp_path, run, paths | {"checkpoint": None})
+
+
+def test_unlabelled_samples_skip_downstream_with_the_reason(study, tmp_path, caplog):
+    run = RunSpec("toy", "dcgan", "none", math.inf, 0)
+    paths = _run(study, tmp_path, run, {"width": 8, "latent_dim": 8}, class_generators=False)
+    with caplog.at_level("INFO", logger="dpmedgen.evaluate"):
+        rows = _evaluate(study, tmp_path, run, paths, metrics=["downstream", "ssim_nn"])
+    assert set(rows.metric) == {"ssim_nn"}
+    assert "downstream skipped: needs fake_labels" in caplog.text
+
+
+def test_downstream_reference_trains_on_real_patients(study, tmp_path):
+    rows = downstream_reference(dataset="toy", images_h5=study / "images.h5", splits_parquet=study / "splits.parquet",
+                                modality="mri", seed=1, epochs=3, out_parquet=tmp_path / "ref.parquet")
+    assert rows.equals(pd.read_parquet(tmp_path / "ref.parquet"))
+    assert set(rows.model) == {"real_data"} and set(rows.privacy) == {"none"} and set(rows.seed) == {1}
+    assert math.isinf(rows.epsilon.iloc[0])
+    value = dict(zip(rows.metric, rows.value))
+    assert set(value) == {"downstream_auroc", "downstream_accuracy", "downstream_auroc_patient",
+                          "downstream_accuracy_patient", "downstream_val_auroc", "downstream_epoch"}
+    counts = pd.read_parquet(study / "splits.parquet").groupby("split").n_images.sum()
+    assert set(rows.n_fake) == {counts["train"]} and set(rows.n_real) == {counts["test"]}  # train on train, test on test
 
 
 BENCHMARK = (

@@ -36,6 +36,11 @@ def test_ci_study_end_to_end(tmp_path):
     assert {"dataset", "model", "privacy", "epsilon", "seed", "metric", "value"} <= set(metrics.columns)
     grid = runs(config)
     n_runs = len(grid)
+    reference = metrics[metrics.model == "real_data"]  # the downstream classifier trained on real train patients
+    assert set(reference.metric) == {"downstream_auroc", "downstream_accuracy", "downstream_auroc_patient",
+                                     "downstream_accuracy_patient", "downstream_val_auroc", "downstream_epoch"}
+    assert set(reference.seed) == set(config["seeds"]) and (reference.privacy == "none").all()
+    metrics = metrics[metrics.model != "real_data"]
     assert metrics.groupby(["model", "privacy", "epsilon", "seed"]).ngroups == n_runs
     for model in config["models"]:  # every model trains non-privately and with DP-SGD
         assert {"none", "dpsgd"} <= set(metrics.loc[metrics.model == model, "privacy"]), model
@@ -47,7 +52,8 @@ def test_ci_study_end_to_end(tmp_path):
         if model == "ddcgan":  # fused test pairs: scored against their sources; LOGAN on its MRI discriminator
             expected |= {"iqa_sources", "fusion", "mia_discriminator"}
         else:
-            expected |= {"mia_dcr", "canary"} | ({"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set())
+            expected |= {"mia_dcr", "canary", "downstream"}  # one generator per class: labelled samples
+            expected |= {"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set()
         assert families == expected, (model, privacy)  # fid_inception: skipped, no weights file in CI
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
     assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon"].iloc[0])
@@ -68,7 +74,10 @@ def test_ci_study_end_to_end(tmp_path):
         assert (results / "figures" / f"{name}_brain_phantom.png").stat().st_size > 10_000, name
     progress = list(results.glob("brain_phantom/runs/*/none/epsinf/seed0/progress/epoch_*.png"))
     assert {p.parts[-6] for p in progress} == set(config["models"])
-    assert not list(results.glob("**/resume.pt"))  # removed once each run finished
+    assert {p.name.rsplit("_", 1)[-1] for p in progress if p.parts[-6] == "dcgan"} == {"class0.png", "class1.png"}
+    assert not list(results.glob("**/resume*.pt"))  # removed once each run finished
+    dcgan = json.loads((results / "brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json").read_text())
+    assert dcgan["class_generators"] == [0, 1] and set(dcgan["class_ledgers"]) == {"0", "1"}
 
     splits = pd.read_parquet(results / "brain_phantom" / "splits.parquet")
     assert splits.patient_id.is_unique

@@ -20,5 +20,6 @@ evaluate_run(
     ledger=snakemake.input.ledger,
     nonmember_splits=snakemake.params.nonmember_splits,
     inception_weights=snakemake.params.inception_weights,
+    downstream_epochs=snakemake.params.downstream_epochs,
     out_parquet=snakemake.output[0],
 )

@@ -122,6 +122,11 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"config key evaluate.nonmember_splits: split {held_out!r} has no patients (split.fractions.{held_out} = 0)"
             )
+    if "downstream" in config["evaluate"]["metrics"]:
+        if fractions.get("val", 0) <= 0:
+            raise ConfigError("config key split.fractions.val: the downstream metric chooses its classifier on val patients; give val a fraction > 0")
+        if split == "val":
+            raise ConfigError("config key evaluate.split: the downstream metric selects on val, so it must test on another split (test)")
     weights = config["evaluate"].get("inception_weights")
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(

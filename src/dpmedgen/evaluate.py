@@ -23,6 +23,7 @@ from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
+from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, LabelledSplits, downstream_utility
 from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
@@ -84,6 +85,7 @@ def evaluate_run(
     ledger: str | os.PathLike | None = None,
     nonmember_splits: Iterable[str] = ("val", "test"),
     inception_weights: str | os.PathLike | None = None,
+    downstream_epochs: int = DEFAULT_EPOCHS,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
     """Score one run's released samples; write and return its long metric rows.
@@ -95,6 +97,8 @@ def evaluate_run(
       of `nonmember_splits`. The white-box attack uses the run's discriminator in `checkpoint` (a fusion
       model's discriminator of `modality`); the black-box distance attack needs unconditional samples and is
       skipped for fusion runs. Bounds come from the run's `ledger`.
+    - Downstream utility: a classifier trained on the labelled samples (one generator per class), its epoch
+      chosen on the real `val` patients, tested on the real patients of `split`.
     - Families whose inputs this run does not have are skipped, and the reason is logged.
     """
     import torch
@@ -144,6 +148,14 @@ def evaluate_run(
             inputs["discriminator"] = discriminator_scorer(model, checkpoint=state, network=network)
     if inception_weights is not None:
         inputs["inception_weights"] = os.fspath(inception_weights)
+    if fake_modality != FUSED and len(fake.label) and (fake.label >= 0).all():  # one generator per class
+        inputs["fake_labels"] = fake.label
+    if "downstream" in metrics:
+        inputs["labelled_real"] = LabelledSplits(
+            val=_labelled(select_split(everyone, splits, SELECTION_SPLIT), modality),
+            test=_labelled(real, modality),
+            epochs=downstream_epochs,
+        )
 
     skipped: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -169,8 +181,52 @@ def evaluate_run(
     return rows
 
 
+def _labelled(images: ImageSet, modality: str) -> LabelledImages:
+    return LabelledImages(images.modalities[modality], images.label.astype(np.int64), images.patient_id)
+
+
+#: `model` of the downstream reference rows: the classifier trained on the real training images.
+REAL_DATA = "real_data"
+#: The split the downstream classifier's epoch is chosen on (config check: never the evaluation split).
+SELECTION_SPLIT = "val"
+
+
+def downstream_reference(
+    *,
+    dataset: str,
+    images_h5: str | os.PathLike,
+    splits_parquet: str | os.PathLike,
+    modality: str,
+    seed: int,
+    split: str = "test",
+    epochs: int = DEFAULT_EPOCHS,
+    threads: int = 1,
+    out_parquet: str | os.PathLike,
+) -> pd.DataFrame:
+    """The downstream family's reference rows: the same classifier, selection (val) and test (`split`) as
+    every run's, trained on the real training images (as stored: no canary marker). Written as metric rows
+    with model `REAL_DATA`, privacy "none" and epsilon inf."""
+    import torch
+
+    torch.set_num_threads(threads)
+    everyone = read_image_set(images_h5, modalities=[modality])
+    splits = read_splits(splits_parquet)
+    train, val, test = (_labelled(select_split(everyone, splits, s), modality) for s in ("train", SELECTION_SPLIT, split))
+    values = downstream_utility(train, val, test, seed=seed, epochs=epochs)
+    run = {"dataset": dataset, "model": REAL_DATA, "privacy": "none", "epsilon": math.inf, "seed": int(seed)}
+    rows = pd.DataFrame(
+        [run | {"metric": name, "value": float(v), "reference": _reference("downstream", split) + " (trained on real train patients)",
+                "n_real": len(test.labels), "n_fake": len(train.labels)}
+         for name, v in values.items()]
+    )
+    _write_parquet(rows, out_parquet)
+    return rows
+
+
 def _reference(family: str, split: str) -> str:
     """What a metric of `family` compares the samples with (the `reference` column of metrics.parquet)."""
+    if family == "downstream":
+        return f"classifier trained on the samples, epoch chosen on val patients, tested on the {split} split"
     if family == "canary":
         return "canary marker of the training patients flagged in splits.parquet"
     if family.startswith("mia"):

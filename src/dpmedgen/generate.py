@@ -1,7 +1,8 @@
 """Draw samples from a trained model into the common HDF5 schema.
 
 Unconditional models (GANs, diffusion) draw `n_samples` images from their latent/noise distribution;
-the modality is the one they were trained on. A fusion model's "samples" are its fusions of every
+the modality is the one they were trained on. A run of one generator per class (`train.class_generators`)
+draws every class equally often and stores each sample's class in `label` (-1 otherwise). A fusion model's "samples" are its fusions of every
 (MRI, PET) pair of the evaluation split (held-out patients), stored as modality ``fused`` with the pairs'
 patient, slice and label.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from dpmedgen.data.schema import ImageSet, write_image_set
+from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, read_ledger
 from dpmedgen.train.run import load_model, load_split_images
 
@@ -49,9 +51,14 @@ def generate_samples(
         modality = FUSED
         meta = _split_meta(images_h5, splits_parquet, state["modalities"][0], split)
     else:
-        pixels = model.sample(n_samples, generator=rng)[:, 0].numpy()
+        if isinstance(model, ClassMixture):
+            images, labels = model.sample_labelled(n_samples, generator=rng)
+            labels = labels.numpy()
+        else:
+            images, labels = model.sample(n_samples, generator=rng), np.full(n_samples, -1)
+        pixels = images[:, 0].numpy()
         modality = state["modalities"][0]
-        meta = {"patient_id": np.full(n_samples, "", dtype=object), "slice": np.full(n_samples, -1), "label": np.full(n_samples, -1)}
+        meta = {"patient_id": np.full(n_samples, "", dtype=object), "slice": np.full(n_samples, -1), "label": labels}
     if ledger is not None:
         record = read_ledger(ledger)
         mode = PRIVACY_MODES.get(record["privacy"])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..registry import Registry
-from . import canary, fidelity, fusion, image_quality, iqa, membership
+from . import canary, downstream, fidelity, fusion, image_quality, iqa, membership
 from .encoder import DEFAULT_INPUT_SIZE, NUM_FEATURES, extract_features
 from .info import OPTIONAL_INPUTS, MetricInfo, PatientImages, not_with, requires
 
@@ -59,12 +59,12 @@ def missing_inputs(family: str, ctx: "EvalContext") -> list[str]:
 def skip_reason(family: str, ctx: "EvalContext") -> str | None:
     """Why `family` cannot run on `ctx` (a needed input is missing, or an input it does not apply to is
     present); None when it can run."""
+    for name, why in getattr(METRICS.get(family), "not_with", {}).items():  # "does not apply" says the most
+        if getattr(ctx, name) is not None:
+            return why
     missing = missing_inputs(family, ctx)
     if missing:
         return f"needs {', '.join(missing)}, which this evaluation does not have"
-    for name, why in getattr(METRICS.get(family), "not_with", {}).items():
-        if getattr(ctx, name) is not None:
-            return why
     return None
 
 
@@ -167,7 +167,7 @@ METRICS.register("kid_effnetlite0")(fidelity.kid_effnetlite0)
 METRICS.register("fid_inception")(fidelity.fid_inception_family)
 METRICS.register("ssim_nn")(image_quality.ssim_nn)
 METRICS.register("psnr_nn")(image_quality.psnr_nn)
-for _module in (fidelity, iqa, fusion, membership, canary):
+for _module in (fidelity, iqa, fusion, membership, canary, downstream):
     for _family, _fn in _module.FAMILIES.items():
         METRICS.register(_family)(_fn)
     METRIC_INFO.update({_info.name: _info for _info in _module.INFO})
@@ -177,7 +177,7 @@ EXTERNAL_FAMILIES = ("cost",)
 #: Reading order of the families in README's metric table (fidelity, image quality, fusion, privacy, cost).
 FAMILY_ORDER = (
     "fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "fid_inception", "ssim_nn", "psnr_nn", "iqa_nn",
-    "iqa_sources", "fusion", "mia_dcr", "mia_discriminator", "canary", "cost",
+    "iqa_sources", "fusion", "downstream", "mia_dcr", "mia_discriminator", "canary", "cost",
 )
 
 
@@ -232,6 +232,9 @@ class EvalContext:
     - ``inception_weights``: path of the user's TF-Inception TorchScript file (``fid_inception``).
     - ``canary``: the share of the run's training images that carried the canary marker (runs whose split
       planted canaries; ``canary`` family).
+    - ``fake_labels``: the class label of each fake image (N,), when the run has one generator per class.
+    - ``labelled_real``: :class:`~dpmedgen.metrics.downstream.LabelledSplits`, the real patients the downstream
+      classifier is selected on (val) and tested on (test), with their labels.
     """
 
     def __init__(
@@ -251,6 +254,8 @@ class EvalContext:
         ledger: dict | None = None,
         inception_weights: str | None = None,
         canary: float | None = None,
+        fake_labels: np.ndarray | None = None,
+        labelled_real: "downstream.LabelledSplits | None" = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
@@ -273,6 +278,12 @@ class EvalContext:
         if canary is not None and not 0 < canary <= 1:
             raise ValueError(f"canary: the share of training images carrying the canary must be in (0, 1], got {canary}")
         self.canary = canary
+        self.fake_labels = None
+        if fake_labels is not None:
+            self.fake_labels = np.asarray(fake_labels, dtype=np.int64)
+            if self.fake_labels.shape != (len(self.fake),):
+                raise ValueError(f"fake_labels: one label per fake image needed, got shape {self.fake_labels.shape}")
+        self.labelled_real = labelled_real
         if self.real.shape[1:] != self.fake.shape[1:]:
             raise ValueError(
                 f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"

@@ -34,7 +34,10 @@ class PatientImages:
 
 #: Optional EvalContext inputs; a family that needs one lists it in its ``requires`` attribute and is
 #: skipped (with the reason reported) when the evaluation does not have it.
-OPTIONAL_INPUTS = ("sources", "members", "nonmembers", "discriminator", "ledger", "inception_weights", "canary")
+OPTIONAL_INPUTS = (
+    "sources", "members", "nonmembers", "discriminator", "ledger", "inception_weights", "canary", "fake_labels",
+    "labelled_real",
+)
 
 
 def requires(*inputs: str) -> Callable[[Callable], Callable]:

@@ -568,11 +568,27 @@ def discriminator_scorer(
 
     Output perturbation reuses the non-private run's networks: a scorer is returned (the attack is reported
     without a bound, see :func:`discriminator_covered`).
+
+    A class mixture (one GAN per class, `models.mixture.ClassMixture`) scores an image by the largest logit
+    of its classes' discriminators: the attacker needs no label, and the discriminator that trained on a
+    member is the one that would recognise it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if _privacy_name(checkpoint) == "functional":
         return None
+    components = getattr(model, "components", None)
+    if isinstance(components, nn.ModuleDict):  # one generator per class (models.mixture.ClassMixture)
+        scorers = [discriminator_scorer(c, checkpoint, network=network, batch_size=batch_size,
+                                        allow_untrained=allow_untrained) for c in components.values()]
+        if any(s is None for s in scorers):
+            return None
+
+        def best_class_score(images: torch.Tensor) -> torch.Tensor:
+            """Each class's discriminator saw only its class's members: an image's score is the highest."""
+            return torch.stack([s(images) for s in scorers]).max(dim=0).values
+
+        return best_class_score
     if network is None:
         if getattr(model, "kind", "") != "gan" or not isinstance(getattr(model, "discriminator", None), nn.Module):
             return None

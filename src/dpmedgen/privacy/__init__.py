@@ -3,7 +3,7 @@
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
 from dpmedgen.privacy.dpsgd import DPSGD
 from dpmedgen.privacy.functional import FunctionalMechanism
-from dpmedgen.privacy.ledger import LedgerError, read_ledger, validate_ledger, write_ledger
+from dpmedgen.privacy.ledger import LedgerError, compose_parallel, read_ledger, validate_ledger, write_ledger
 from dpmedgen.privacy.none import NonPrivate
 from dpmedgen.privacy.perturbation import InputGaussian, InputLaplace, OutputGaussian, OutputLaplace
 from dpmedgen.registry import Registry
@@ -19,5 +19,5 @@ PRIVACY_MODES.register("functional")(FunctionalMechanism)
 
 __all__ = [
     "PRIVACY_MODES", "PrivacyMode", "TrainingData", "DPSGD", "NonPrivate",
-    "LedgerError", "read_ledger", "validate_ledger", "write_ledger",
+    "LedgerError", "compose_parallel", "read_ledger", "validate_ledger", "write_ledger",
 ]

@@ -26,14 +26,18 @@ UNITS = ("image", "patient")
 
 @dataclass
 class TrainingData:
-    """Real training images scaled to [-1, 1], (N, C, H, W), with the patient each one belongs to."""
+    """Real training images scaled to [-1, 1], (N, C, H, W), with the patient each one belongs to and,
+    when known, each image's class label (N,)."""
 
     images: torch.Tensor
     patient_ids: np.ndarray
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.patient_ids):
             raise ValueError("one patient id per training image is required")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError("one label per training image is required")
         if len(self.images) == 0:
             raise ValueError("the training split holds no images")
         self.patients, self.patient_index = np.unique(self.patient_ids, return_inverse=True)
@@ -48,6 +52,15 @@ class TrainingData:
 
     def images_per_patient(self) -> np.ndarray:
         return np.bincount(self.patient_index, minlength=self.n_patients)
+
+    def subset(self, mask: np.ndarray) -> "TrainingData":
+        """The images where boolean `mask` (N,) is true, with their patients and labels."""
+        mask = np.asarray(mask, dtype=bool)
+        return TrainingData(
+            images=self.images[torch.from_numpy(mask)],
+            patient_ids=self.patient_ids[mask],
+            labels=None if self.labels is None else self.labels[mask],
+        )
 
 
 class ImageDataset(Dataset):

@@ -4,6 +4,8 @@ Required keys for every mode: mechanism, guarantee ("formal" or "none"), unit ("
 epsilon (a sound upper bound for `unit` at `delta`; Infinity when there is no guarantee), delta.
 DP-SGD adds noise_multiplier, sample_rate, steps, max_grad_norm and accountant, enough for an independent
 accountant to recompute epsilon. The run's identity (dataset, model, privacy, seed) is added by the trainer.
+A run of one generator per class has the ledger of `compose_parallel`: the per-class ledgers under
+`class_ledgers` and, at the top, their parallel composition.
 JSON has no infinity; like Python's json module we write the literal `Infinity`.
 """
 
@@ -36,6 +38,48 @@ def validate_ledger(ledger: dict[str, Any], source: str = "ledger") -> None:
         raise LedgerError(f"{source}: a formal guarantee needs finite epsilon >= 0 and 0 <= delta < 1")
     if ledger["guarantee"] == "none" and math.isfinite(eps):
         raise LedgerError(f"{source}: no guarantee must be stated as epsilon = Infinity, got {eps}")
+
+
+#: Bounds a ledger may state per unit (`epsilon` / `delta` are those of its `unit`); a missing delta_per_* is
+#: the ledger's `delta`.
+BOUND_KEYS = ("epsilon", "delta", "epsilon_per_image", "delta_per_image", "epsilon_per_patient", "delta_per_patient")
+
+
+def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The ledger of a release made of one mechanism per class, each run on the patients of its class only.
+
+    Parallel composition (McSherry 2009, "Privacy integrated queries", Thm 2): the classes partition the
+    patients (a label is an attribute of the patient; the split refuses a patient with two labels), so
+    adding or removing one patient, or changing one of their images, changes the input of exactly one
+    class's mechanism, and the release of all of them is (max_c epsilon_c, max_c delta_c)-DP for that unit.
+    Each bound of `BOUND_KEYS` is composed that way (every class is (eps_c, delta_c)-DP, hence (max eps_c,
+    max delta_c)-DP); a bound is kept only when every class states it. The other fields are those of the
+    class with the largest `epsilon` (for DP-SGD: its noise multiplier, sample rate and steps, from which an
+    accountant recomputes the top-level epsilon); every class's own ledger is kept under `class_ledgers`. If
+    any class has no guarantee, neither has the run.
+    """
+    if not ledgers:
+        raise LedgerError("compose_parallel: no per-class ledgers")
+    for label, ledger in ledgers.items():
+        validate_ledger(ledger, f"ledger of class {label}")
+    units = {ledger["unit"] for ledger in ledgers.values()}
+    if len(units) != 1:
+        raise LedgerError(f"compose_parallel: classes state different units {sorted(units)}")
+    worst = max(ledgers, key=lambda c: float(ledgers[c]["epsilon"]))
+    record = dict(ledgers[worst])
+    for key in BOUND_KEYS:
+        if all(key in lg for lg in ledgers.values()):
+            record[key] = max(float(lg[key]) for lg in ledgers.values())
+        else:  # a bound some class does not state is not stated for the run either
+            record.pop(key, None)
+    if any(lg["guarantee"] == "none" for lg in ledgers.values()):
+        record["guarantee"], record["epsilon"] = "none", math.inf
+    record["composition"] = (
+        "parallel over classes (McSherry 2009): one generator per class label, each trained only on that class's "
+        "patients; a patient belongs to one class, so epsilon and delta per unit are the maxima over the classes"
+    )
+    record["class_ledgers"] = {str(label): ledgers[label] for label in sorted(ledgers)}
+    return record
 
 
 def write_ledger(path: str | os.PathLike, ledger: dict[str, Any]) -> None:

@@ -62,7 +62,9 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """Training settings (config.yaml `train`, optionally overridden per model under `models.<m>.train`).
 
-    steps: optimizer steps per player. lr: Adam learning rate per player role. checkpoint_every /
+    steps: optimizer steps per player. class_generators: `train.run` trains one model per class label
+    (unconditional models; the steps are shared between them); the engine itself ignores it.
+    lr: Adam learning rate per player role. checkpoint_every /
     grid_every: epochs between resume checkpoints / sample grids (0 = never; both are also written after
     the last step). amp: bfloat16 autocast on CUDA for players that no privacy mode clips per example
     (Opacus' per-sample gradients stay in float32); ignored on CPU.
@@ -79,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 1
+    class_generators: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.checkpoint_every < 0 or self.grid_every < 0:
@@ -368,6 +371,14 @@ def train_model(
     return rows
 
 
+def _as_batch(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A real batch as one tensor (b, C, H, W). When Opacus' Poisson sampler draws an empty batch before any
+    non-empty one it returns a list of per-channel (0, H, W) tensors; they become a (0, C, H, W) batch."""
+    if isinstance(batch, (list, tuple)):
+        return torch.stack(list(batch), dim=1)
+    return batch
+
+
 def _update(
     model: GenerativeModel,
     player: Player,
@@ -381,7 +392,7 @@ def _update(
     players: list[Player],
 ) -> tuple[float, int]:
     """One optimizer step of `player`; returns (summed loss, number of examples)."""
-    real = next(iters[player.name]).to(device) if player.name in iters else None
+    real = _as_batch(next(iters[player.name])).to(device) if player.name in iters else None
     opt = opts[player.name]
     others = [nets[p.name] for p in players if p.name != player.name]
     opt.zero_grad(set_to_none=True)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from dpmedgen.data.canary import canary_patients, plant
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.models import MODELS, GenerativeModel
-from dpmedgen.privacy import PRIVACY_MODES, TrainingData, write_ledger
+from dpmedgen.models.mixture import ClassMixture
+from dpmedgen.privacy import PRIVACY_MODES, TrainingData, compose_parallel, write_ledger
 from dpmedgen.runs import RunSpec
 from dpmedgen.train.engine import TrainConfig, fingerprint, seed_everything, train_model
 
@@ -40,7 +44,7 @@ def load_split_images(
     carriers = np.isin(part.patient_id.astype(str), list(canary_patients(splits)))
     if carriers.any():
         pixels = plant(pixels, carriers, low=-1.0, high=1.0)
-    return TrainingData(images=pixels, patient_ids=part.patient_id)
+    return TrainingData(images=pixels, patient_ids=part.patient_id, labels=part.label.astype(np.int64))
 
 
 def load_training_data(images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modality: str) -> TrainingData:
@@ -86,7 +90,10 @@ def train_run(
     train again: they take the non-private run of the same dataset, model and seed
     (`reference_checkpoint`, `reference_log`, `reference_progress_dir`) and only write their own ledger.
     """
-    privacy = PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=run.seed, **privacy_params)
+    def new_privacy_mode(seed: int):
+        return PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=seed, **privacy_params)
+
+    privacy = new_privacy_mode(run.seed)
     identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
 
     seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
@@ -104,6 +111,8 @@ def train_run(
         state = _reference_state(run, reference_checkpoint)
         privacy.set_output_shape(tuple(state["output_shape"]))
         record = privacy.ledger() | identity | sizes | {"trained_by": state["run"]}
+        if "classes" in state:
+            record["class_generators"] = list(state["classes"])
         state["run"] = run.as_dict()
         _save_checkpoint(state, checkpoint)
         shutil.copyfile(reference_log, log_csv)
@@ -113,25 +122,6 @@ def train_run(
         return record
 
     cfg = TrainConfig(seed=run.seed, **train)
-    resume = Path(checkpoint).with_name("resume.pt")
-    run_fingerprint = fingerprint(
-        run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta,
-        train=cfg.fingerprint_fields(), modalities=modalities,
-        data=hashlib.sha256(data.images.numpy().tobytes()).hexdigest(),
-    )
-    grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
-
-    def on_grid(epoch: int, trained: GenerativeModel) -> None:
-        if progress_dir is not None:
-            _write_grid(trained, grid_inputs, Path(progress_dir) / f"epoch_{epoch:05d}.png")
-
-    rows = train_model(
-        model, data, privacy, cfg, run_name=run.name, log_csv=log_csv, resume_path=resume,
-        run_fingerprint=run_fingerprint, on_grid=on_grid, progress=progress,
-    )
-
-    # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
-    record = privacy.ledger() | identity | sizes
     state = {
         "run": run.as_dict(),
         "model": run.model,
@@ -139,13 +129,83 @@ def train_run(
         "image_size": image_size,
         "modalities": list(modalities),
         "output_shape": [1, image_size, image_size],
-        "state_dict": model.state_dict(),
-        "final_log": rows[-1] if rows else {},
     }
+    grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
+
+    def train_one(model: GenerativeModel, part: TrainingData, privacy, cfg: TrainConfig, tag: str, log_path):
+        """Train `model` on `part`; `tag` names its resume file and progress grids ("" for a single model)."""
+        resume = Path(checkpoint).with_name(f"resume{tag}.pt")
+        run_fingerprint = fingerprint(
+            run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta,
+            train=cfg.fingerprint_fields(), modalities=modalities, tag=tag,
+            data=hashlib.sha256(part.images.numpy().tobytes()).hexdigest(),
+        )
+
+        def on_grid(epoch: int, trained: GenerativeModel) -> None:
+            if progress_dir is not None:
+                _write_grid(trained, grid_inputs, Path(progress_dir) / f"epoch_{epoch:05d}{tag}.png")
+
+        rows = train_model(
+            model, part, privacy, cfg, run_name=f"{run.name}{tag}", log_csv=log_path, resume_path=resume,
+            run_fingerprint=run_fingerprint, on_grid=on_grid, progress=progress,
+        )
+        return rows, resume
+
+    if not (cfg.class_generators and model.kind != "fusion"):
+        rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
+        # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
+        record = privacy.ledger() | identity | sizes
+        state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
+        resumes = [resume]
+    else:
+        parts = _class_parts(data, run)
+        # The configured steps are shared: each class's generator trains steps / K steps on 1/K-ish of the
+        # data, so the mixture costs what one generator would and sees each image about as often.
+        class_cfg = replace(cfg, steps=max(1, math.ceil(cfg.steps / len(parts))))
+        ledgers, state_dicts, logs, resumes = {}, [], [], []
+        for label, part in parts.items():
+            # Every class has its own random streams (initialisation, latents, and the privacy mode's noise and
+            # sampling): a class's release must not reveal the noise that protects another class.
+            class_seed = run.seed * 1000 + label
+            seed_everything(class_seed)
+            component = build_model(run.model, image_size, model_params)
+            mode = new_privacy_mode(class_seed)
+            class_log = Path(log_csv).with_name(f".{Path(log_csv).stem}_class{label}.csv")
+            rows, resume = train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
+            ledgers[label] = mode.ledger() | {"n_train_images": part.n_images, "n_train_patients": part.n_patients}
+            state_dicts.append(component.state_dict())
+            logs.append(pd.read_csv(class_log).assign(**{"class": label}))
+            class_log.unlink()
+            resumes.append(resume)
+        record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(parts)}
+        state |= {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": {}}
+        _write_csv(pd.concat(logs, ignore_index=True), log_csv)
+
     _save_checkpoint(state, checkpoint)
     write_ledger(ledger, record)
-    resume.unlink(missing_ok=True)
+    for resume in resumes:
+        resume.unlink(missing_ok=True)
     return record
+
+
+def _class_parts(data: TrainingData, run: RunSpec) -> dict[int, TrainingData]:
+    """The training data of each class label (at least two classes, each a whole set of patients)."""
+    if data.labels is None or (data.labels < 0).any():
+        raise ValueError(f"{run.name}: train.class_generators needs a class label on every training image")
+    labels = sorted(int(c) for c in np.unique(data.labels))
+    if len(labels) < 2:
+        raise ValueError(
+            f"{run.name}: train.class_generators needs at least two classes in the train split, found {labels}; "
+            "set train.class_generators: false for a one-class dataset"
+        )
+    return {label: data.subset(data.labels == label) for label in labels}
+
+
+def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _grid_inputs(model: GenerativeModel, images_h5, splits_parquet, modalities) -> torch.Tensor | None:
@@ -189,11 +249,19 @@ def _reference_state(run: RunSpec, reference_checkpoint: str | os.PathLike | Non
     return state
 
 
-def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel, dict[str, Any]]:
-    """Rebuild the trained model from a checkpoint (loaded with weights_only=True), in eval mode."""
+def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel | ClassMixture, dict[str, Any]]:
+    """Rebuild the trained model from a checkpoint (loaded with weights_only=True), in eval mode: a
+    `ClassMixture` for a run of one generator per class."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = build_model(state["model"], state["image_size"], state["model_params"])
-    model.load_state_dict(state["state_dict"])
+    if "classes" in state:
+        components = {}
+        for label, state_dict in zip(state["classes"], state["state_dicts"]):
+            components[int(label)] = build_model(state["model"], state["image_size"], state["model_params"])
+            components[int(label)].load_state_dict(state_dict)
+        model = ClassMixture(components)
+    else:
+        model = build_model(state["model"], state["image_size"], state["model_params"])
+        model.load_state_dict(state["state_dict"])
     model.eval()
     return model, state
 
