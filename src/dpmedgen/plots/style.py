@@ -45,8 +45,9 @@ PRIVACY_LABELS: dict[str, str] = {
     "functional": "functional",
 }
 
-MODEL_MARKERS: dict[str, str] = {"dcgan": "o", "sngan": "s", "ddcgan": "^", "ddpm": "D"}
-MODEL_LABELS: dict[str, str] = {"dcgan": "DCGAN", "sngan": "SNGAN", "ddcgan": "DDcGAN", "ddpm": "DDPM"}
+# `real_data`: the downstream classifier trained on the real training patients (a reference, not a model)
+MODEL_MARKERS: dict[str, str] = {"dcgan": "o", "sngan": "s", "ddcgan": "^", "ddpm": "D", "real_data": "*"}
+MODEL_LABELS: dict[str, str] = {"dcgan": "DCGAN", "sngan": "SNGAN", "ddcgan": "DDcGAN", "ddpm": "DDPM", "real_data": "real data"}
 
 _FALLBACK_COLORS = sns.color_palette("dark", 10).as_hex()
 _FALLBACK_MARKERS = ["v", "P", "X", "*", "<", ">", "p", "h"]
