@@ -57,6 +57,43 @@ def test_dpsgd_class_generators_compose_in_parallel_and_each_epsilon_recomputes(
     assert read_ledger(tmp_path / "privacy.json") == ledger
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_killed_class_generator_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, monkeypatch):
+    """Killed while the second class trains: the first class resumes from its finished state, the second
+    from its last checkpoint, and the run ends exactly where an uninterrupted one ends."""
+    import pandas as pd
+
+    import dpmedgen.train.engine as engine
+
+    run = RunSpec("toy", "dcgan", "dpsgd", 3.0, 1)
+    train = TRAIN | {"steps": 10, "checkpoint_every": 1}  # 5 steps per class, 2 per epoch (q = 1/2)
+    ledger_a = _train(study, tmp_path / "a", run, train=train)
+    original, calls = engine._update, {"n": 0}
+
+    def dying_update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * (5 + 3) + 1:  # two players: dies in class 1's step 4, its epoch 1 checkpointed
+            raise _Killed()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_update", dying_update)
+    with pytest.raises(_Killed):
+        _train(study, tmp_path / "b", run, train=train)
+    assert {p.name for p in (tmp_path / "b").glob("resume*.pt")} == {"resume_class0.pt", "resume_class1.pt"}
+    monkeypatch.setattr(engine, "_update", original)
+    ledger_b = _train(study, tmp_path / "b", run, train=train)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dicts"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dicts"]
+    for sa, sb in zip(a, b):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert ledger_a == ledger_b and not list((tmp_path / "b").glob("resume*.pt"))
+    logs = [pd.read_csv(tmp_path / d / "train_log.csv").drop(columns="seconds_per_step") for d in ("a", "b")]
+    pd.testing.assert_frame_equal(*logs)
+
+
 def test_class_generators_sample_balanced_labels_reproducibly(study, tmp_path):
     run = RunSpec("toy", "dcgan", "none", math.inf, 0)
     _train(study, tmp_path, run)

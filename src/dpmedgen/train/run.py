@@ -89,7 +89,14 @@ def train_run(
     Modes that add no privacy to training (`reuses_nonprivate_training`, e.g. output perturbation) do not
     train again: they take the non-private run of the same dataset, model and seed
     (`reference_checkpoint`, `reference_log`, `reference_progress_dir`) and only write their own ledger.
+
+    With `train["class_generators"]`, an unconditional model is trained once per class label of the train
+    split, on that class's patients only, each with its own privacy-mode instance and random streams and
+    ceil(steps / K) steps; the checkpoint holds every class's weights (`load_model` returns a
+    `ClassMixture`), the ledger is their parallel composition (`compose_parallel`), the log has a `class`
+    column, and each class has its own resume file (`resume_class<k>.pt`) and progress grids.
     """
+
     def new_privacy_mode(seed: int):
         return PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=seed, **privacy_params)
 
@@ -162,7 +169,7 @@ def train_run(
         # The configured steps are shared: each class's generator trains steps / K steps on 1/K-ish of the
         # data, so the mixture costs what one generator would and sees each image about as often.
         class_cfg = replace(cfg, steps=max(1, math.ceil(cfg.steps / len(parts))))
-        ledgers, state_dicts, logs, resumes = {}, [], [], []
+        ledgers, state_dicts, logs, resumes, final_logs = {}, [], [], [], {}
         for label, part in parts.items():
             # Every class has its own random streams (initialisation, latents, and the privacy mode's noise and
             # sampling): a class's release must not reveal the noise that protects another class.
@@ -174,11 +181,12 @@ def train_run(
             rows, resume = train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
             ledgers[label] = mode.ledger() | {"n_train_images": part.n_images, "n_train_patients": part.n_patients}
             state_dicts.append(component.state_dict())
+            final_logs[f"class{label}"] = rows[-1] if rows else {}
             logs.append(pd.read_csv(class_log).assign(**{"class": label}))
             class_log.unlink()
             resumes.append(resume)
         record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(parts)}
-        state |= {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": {}}
+        state |= {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": final_logs}
         _write_csv(pd.concat(logs, ignore_index=True), log_csv)
 
     _save_checkpoint(state, checkpoint)
