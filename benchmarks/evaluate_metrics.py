@@ -61,7 +61,7 @@ def main() -> None:
         return torch.nn.functional.avg_pool2d(x, 4).flatten(1).mean(1)
 
     ctx = EvalContext(real, fake, sources=sources, members=members, nonmembers=nonmembers, discriminator=scorer,
-                      fake_labels=labels[n:], labelled_real=labelled_real,
+                      fake_labels=labels[n:], labelled_real=labelled_real, canary=0.05,
                       ledger={"guarantee": "formal", "privacy": "dpsgd", "epsilon_per_patient": 1.0,
                               "delta_per_patient": 1e-5, "epsilon_per_image": 2.0, "delta_per_image": 5e-5})
     t0 = time.perf_counter()
