@@ -18,6 +18,7 @@ rule real_features:
         f"{BENCHMARKS}/real_features/{{dataset}}.tsv"
     conda:
         ENV
+    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
@@ -42,6 +43,7 @@ rule downstream_reference:
         f"{BENCHMARKS}/downstream_reference/{{dataset}}/seed{{seed}}.tsv"
     conda:
         ENV
+    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
@@ -74,6 +76,7 @@ rule evaluate:
         f"{BENCHMARKS}/evaluate/{RUN_ID}.tsv"
     conda:
         ENV
+    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
