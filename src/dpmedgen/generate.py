@@ -2,9 +2,9 @@
 
 Unconditional models (GANs, diffusion) draw `n_samples` images from their latent/noise distribution;
 the modality is the one they were trained on. A run of one generator per class (`train.class_generators`)
-draws every class equally often and stores each sample's class in `label` (-1 otherwise). A fusion model's "samples" are its fusions of every
-(MRI, PET) pair of the evaluation split (held-out patients), stored as modality ``fused`` with the pairs'
-patient, slice and label.
+draws every class equally often and stores each sample's class in `label` (-1 otherwise). A fusion model's
+"samples" are its fusions of every (MRI, PET) pair of the evaluation split (held-out patients), stored as
+modality ``fused`` with the pairs' patient, slice and label.
 """
 
 from __future__ import annotations
