@@ -162,3 +162,17 @@ def test_ylabel_states_a_direction_only_for_metrics_that_have_one():
     assert _ylabel("precision_effnetlite0", METRIC_INFO).endswith("higher is better")
     assert _ylabel("density_effnetlite0", METRIC_INFO) == "density_effnetlite0"  # ~1 is ideal: neither
     assert _ylabel("mia_dcr_bound_tpr_at_fpr1pct_patient", METRIC_INFO) == "mia_dcr_bound_tpr_at_fpr1pct_patient"
+
+
+def test_privacy_utility_constant_panel_gets_a_readable_scale(tmp_path, monkeypatch):
+    """A metric that is 0 in every run (canary_rate, say) gets a window around 0, not a 1e-17 scale."""
+    import dpmedgen.plots.privacy_utility as pu
+
+    table = metric_table(models=("dcgan",), privacies=("dpsgd",), seeds=(0,))
+    table = table[table.metric == "ssim_nn"].assign(value=0.0)
+    figures = []
+    monkeypatch.setattr(pu, "save_figure", lambda fig, paths: figures.append(fig))
+    plot_privacy_utility(table, "brats", [tmp_path / "pu.png"])
+    (ax,) = [a for a in figures[0].axes if a.get_ylabel().startswith("ssim_nn")]
+    low, high = ax.get_ylim()
+    assert low <= 0 <= high and high - low >= 0.09

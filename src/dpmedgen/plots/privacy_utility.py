@@ -47,6 +47,13 @@ def _fmt_eps(e: float) -> str:
     return f"{e:g}"
 
 
+def _reference_label(model: str) -> str:
+    """Legend text of a model's dashed reference line (the downstream reference is real data, not a model)."""
+    if model == "real_data":
+        return "classifier on real training data"
+    return f"non-private ({model_label(model)})"
+
+
 def _sd(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -170,6 +177,11 @@ def plot_privacy_utility(
             ax.set_xlabel("no private runs: non-private reference only" if k + ncols >= n else "")
         ax.set_ylabel(_ylabel(metric, metric_info))
         ax.margins(y=0.12)
+        low, high = ax.get_ylim()
+        if high - low < 1e-9:  # every value equal (e.g. all 0): a readable window, not a "1e-17" scale
+            centre = round((low + high) / 2, 9)
+            half = max(abs(centre) * 0.1, 0.05)
+            ax.set_ylim(centre - half, centre + half)
     spare = [axes[k // ncols][k % ncols] for k in range(n, nrows * ncols)]
     for ax in spare:
         ax.set_axis_off()
@@ -186,7 +198,7 @@ def plot_privacy_utility(
         ],
         [
             Line2D([], [], color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)],
-                   marker=model_marker(m), mfc="white", ms=5, label=f"non-private ({model_label(m)})")
+                   marker=model_marker(m), mfc="white", ms=5, label=_reference_label(m))
             for i, m in enumerate(ref_models)
         ],
     ]
