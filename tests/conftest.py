@@ -84,3 +84,17 @@ def toy_study(root: Path, canary_patients: int = 0) -> Path:
         splits = choose_canary_patients(splits, canary_patients, seed=0)
     write_splits(splits, root / "splits.parquet")
     return root
+
+
+def train_toy_run(study: Path, out: Path, run, **overrides):
+    """`train_run` of `run` on a `toy_study` (small DCGAN-sized settings) with its artefacts in `out`;
+    keyword arguments (e.g. `train`) override any of train_run's."""
+    from dpmedgen.train import train_run
+
+    kwargs = dict(
+        images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
+        model_params={"width": 8, "latent_dim": 8}, privacy_params={}, delta=1e-3,
+        train={"steps": 4, "batch_size": 4, "device": "cpu"},
+        checkpoint=out / "checkpoint.pt", ledger=out / "privacy.json", log_csv=out / "train_log.csv", progress=False,
+    )
+    return train_run(run, **(kwargs | overrides))

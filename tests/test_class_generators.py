@@ -9,14 +9,14 @@ import numpy as np
 import opacus
 import pytest
 import torch
-from conftest import toy_study
+from conftest import toy_study, train_toy_run
 
 from dpmedgen.generate import generate_samples
 from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import LedgerError, compose_parallel, read_ledger
 from dpmedgen.runs import RunSpec
-from dpmedgen.train import load_model, train_run
+from dpmedgen.train import load_model
 
 TRAIN = {"steps": 4, "batch_size": 2, "device": "cpu", "class_generators": True}
 
@@ -27,12 +27,7 @@ def study(tmp_path_factory):
 
 
 def _train(study, out, run, **overrides):
-    kwargs = dict(
-        images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
-        model_params={"width": 8, "latent_dim": 8}, privacy_params={}, delta=1e-3, train=TRAIN,
-        checkpoint=out / "checkpoint.pt", ledger=out / "privacy.json", log_csv=out / "train_log.csv", progress=False,
-    )
-    return train_run(run, **(kwargs | overrides))
+    return train_toy_run(study, out, run, **({"train": TRAIN} | overrides))
 
 
 def test_dpsgd_class_generators_compose_in_parallel_and_each_epsilon_recomputes(study, tmp_path):

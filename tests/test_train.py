@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import pytest
-from conftest import toy_study
+from conftest import toy_study, train_toy_run
 import torch
 
 from dpmedgen.generate import generate_samples
 from dpmedgen.privacy import PrivacyMode, TrainingData, read_ledger
 from dpmedgen.models import MODELS
 from dpmedgen.runs import RunSpec
-from dpmedgen.train import TrainConfig, TrainingDiverged, load_generator, train_model, train_run
+from dpmedgen.train import TrainConfig, TrainingDiverged, load_generator, train_model
 
 TRAIN = {"steps": 4, "batch_size": 4, "device": "cpu"}
 
@@ -24,12 +24,7 @@ def study(tmp_path_factory):
 
 
 def _train(study, out, run, **overrides):
-    kwargs = dict(
-        images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
-        model_params={"width": 8, "latent_dim": 8}, privacy_params={}, delta=1e-3, train=TRAIN,
-        checkpoint=out / "checkpoint.pt", ledger=out / "privacy.json", log_csv=out / "train_log.csv", progress=False,
-    )
-    return train_run(run, **(kwargs | overrides))
+    return train_toy_run(study, out, run, **({"train": TRAIN} | overrides))
 
 
 @pytest.mark.parametrize("privacy, epsilon", [("none", math.inf), ("dpsgd", 2.0)])

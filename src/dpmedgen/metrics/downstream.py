@@ -348,7 +348,7 @@ def downstream(ctx: "EvalContext") -> dict[str, float]:
     """Downstream utility of the labelled samples (one generator per class; see the module docstring)."""
     real = ctx.labelled_real
     synthetic = LabelledImages(ctx.fake, ctx.fake_labels)
-    return downstream_utility(synthetic, real.val, real.test, seed=ctx.seed, epochs=real.epochs, threads=torch.get_num_threads())
+    return downstream_utility(synthetic, real.val, real.test, seed=ctx.seed, epochs=real.epochs)
 
 
 _SOURCE = (
