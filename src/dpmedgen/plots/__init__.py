@@ -9,10 +9,14 @@ from .samples import plot_sample_grid
 from .style import (
     MODEL_MARKERS,
     PRIVACY_COLORS,
+    TECHNIQUE_COLORS,
+    mean_ci95,
     model_label,
     model_marker,
     privacy_color,
+    privacy_dashes,
     privacy_label,
+    privacy_technique,
     save_figure,
     setup_style,
 )
@@ -20,12 +24,16 @@ from .style import (
 __all__ = [
     "MODEL_MARKERS",
     "PRIVACY_COLORS",
+    "TECHNIQUE_COLORS",
+    "mean_ci95",
     "model_label",
     "model_marker",
     "plot_privacy_utility",
     "plot_sample_grid",
     "privacy_color",
+    "privacy_dashes",
     "privacy_label",
+    "privacy_technique",
     "save_figure",
     "setup_style",
 ]

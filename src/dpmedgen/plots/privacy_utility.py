@@ -9,16 +9,17 @@ from typing import Collection, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import transforms
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 from .style import (
     model_label,
+    mean_ci95,
     model_marker,
     new_figure,
     privacy_color,
+    privacy_dashes,
     privacy_label,
     privacy_sort_key,
     save_figure,
@@ -54,10 +55,6 @@ def _reference_label(model: str) -> str:
     return f"non-private ({model_label(model)})"
 
 
-def _sd(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def plot_privacy_utility(
     metrics: pd.DataFrame,
     dataset: str,
@@ -65,17 +62,24 @@ def plot_privacy_utility(
     metric_info: Mapping[str, Any] | None = None,
     xlabel: str = "privacy budget ε (log scale)",
     no_guarantee: Collection[str] = (),
+    noise_of: Mapping[str, str] | None = None,
+    title: str | None = None,
 ) -> None:
     """Plot utility metrics against ε for one dataset and save to every path in ``paths``.
 
     ``xlabel`` should name the unit of ε (the study layer derives it from the privacy ledgers);
     techniques in ``no_guarantee`` are marked "(no guarantee)" in the legend, since their ε describes
-    noise that protects no training record.
+    noise that protects no training record. ``noise_of`` maps a privacy mode to its noise type where the
+    name does not say it (``functional``); ``title`` defaults to the dataset name.
+
+    Style: colour = privacy technique, line style = noise type (solid Gaussian, dashed Laplace), marker =
+    model; the same mapping as every other figure (``plots.style``).
 
     ``metrics`` is the long table ``dataset, model, privacy, epsilon, seed, metric, value`` (``epsilon`` is
     ``inf`` for ``privacy == "none"``). One panel per metric (``*_std`` helper metrics are skipped); x = ε on a
-    log axis (finite ε only); one line per (model, privacy technique) with the mean over seeds and a ±1 sd
-    band; each model's non-private mean is a dashed horizontal reference line with a light ±1 sd band.
+    log axis (finite ε only); one line per (model, privacy technique) with the mean over seeds and a band of
+    its 95 % Student-t interval over seeds (none for one seed); each model's non-private mean is a
+    horizontal reference line (a dash pattern per model, grey) with a light 95 % band.
     Non-finite metric values (e.g. ``psnr_nn = inf`` for exact copies) cannot be drawn: they are dropped with
     a warning. Raises ValueError when the table lacks columns or has no rows for ``dataset``.
     """
@@ -128,36 +132,27 @@ def plot_privacy_utility(
         ax = axes[k // ncols][k % ncols]
         ax.set_xscale("log")
         sub = priv[priv["metric"] == metric]
-        if not sub.empty:
-            sns.lineplot(
-                data=sub,
-                x="epsilon",
-                y="value",
-                hue="privacy",
-                hue_order=[p for p in privacies if p in set(sub["privacy"])],
-                palette={p: privacy_color(p) for p in privacies},
-                style="model",
-                style_order=[m for m in models if m in set(sub["model"])],
-                markers={m: model_marker(m) for m in models},
-                dashes=False,
-                estimator="mean",
-                errorbar="sd",
-                err_kws={"alpha": 0.15, "linewidth": 0},
-                markeredgecolor="white",
-                markeredgewidth=0.5,
-                legend=False,
-                ax=ax,
-            )
-        # non-private reference per model: dashed line at the mean over seeds, band of ±1 sd
+        # one line per (model, technique): mean over seeds at each ε, band = 95 % t-interval over seeds
+        for (model, privacy), line in sub.groupby(["model", "privacy"], sort=False):
+            per_eps = line.groupby("epsilon")["value"]
+            eps = np.array(sorted(per_eps.groups))
+            mean = np.array([per_eps.get_group(e).mean() for e in eps])
+            ci = np.array([mean_ci95(per_eps.get_group(e).to_numpy()) for e in eps])
+            color = privacy_color(privacy)
+            ax.plot(eps, mean, color=color, dashes=privacy_dashes(privacy, noise_of), marker=model_marker(model),
+                    mec="white", mew=0.5, zorder=2.5)
+            if np.any(ci[:, 1] > ci[:, 0]):
+                ax.fill_between(eps, ci[:, 0], ci[:, 1], color=color, alpha=0.15, lw=0, zorder=1)
+        # non-private reference per model: dotted/dashed line at the mean over seeds, band = 95 % t-interval
         to_axes_x = transforms.blended_transform_factory(ax.transAxes, ax.transData)
         for i, model in enumerate(ref_models):
             vals = ref.loc[(ref["metric"] == metric) & (ref["model"] == model), "value"].to_numpy()
             if len(vals) == 0:
                 continue
-            mean, sd = float(vals.mean()), _sd(vals)
+            mean, (lo, hi) = float(vals.mean()), mean_ci95(vals)
             ax.axhline(mean, color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)], zorder=1.6)
-            if sd > 0:
-                ax.axhspan(mean - sd, mean + sd, color=none_color, alpha=0.10, lw=0, zorder=0.5)
+            if hi > lo:
+                ax.axhspan(lo, hi, color=none_color, alpha=0.10, lw=0, zorder=0.5)
             # the model's marker at the right edge says which dashed line belongs to which model
             ax.plot([1.0], [mean], transform=to_axes_x, marker=model_marker(model), color=none_color,
                     mfc="white", mew=1.0, ms=5, clip_on=False, zorder=3)
@@ -189,7 +184,11 @@ def plot_privacy_utility(
     # one shared legend under the panels (never on top of data), one column per group:
     # colour = privacy technique, marker = model, dashed = non-private reference of a model
     groups: list[list[Line2D]] = [
-        [Line2D([], [], color=privacy_color(p), lw=1.6, label=privacy_label(p) + (" (no guarantee)" if p in no_guarantee else "")) for p in privacies],
+        [
+            Line2D([], [], color=privacy_color(p), lw=1.6, dashes=privacy_dashes(p, noise_of),
+                   label=privacy_label(p) + (" (no guarantee)" if p in no_guarantee else ""))
+            for p in privacies
+        ],
         [
             Line2D([], [], color="#777777", lw=0, marker=model_marker(m), ms=5, mec="white", mew=0.5,
                    label=model_label(m))
@@ -213,5 +212,5 @@ def plot_privacy_utility(
             handles = [h for g in groups for h in g + [blank] * (depth - len(g))]
             fig.legend(handles=handles, loc="outside lower center", ncol=len(groups), frameon=False,
                        handlelength=2.6, columnspacing=2.0)
-    fig.suptitle(str(dataset), fontweight="bold")
+    fig.suptitle(str(dataset) if title is None else title, fontweight="bold")
     save_figure(fig, paths)

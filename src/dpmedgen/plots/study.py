@@ -15,6 +15,8 @@ from dpmedgen.plots.samples import plot_sample_grid
 from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key
 from dpmedgen.runs import RunSpec
 
+REAL_DATA = "real_data"  # the downstream classifier's reference rows (dpmedgen.evaluate.REAL_DATA; no torch import here)
+
 
 def run_label(run: RunSpec) -> str:
     model, privacy = model_label(run.model), privacy_label(run.privacy)
@@ -27,10 +29,14 @@ def privacy_utility_figure(
     dataset: str,
     paths: Sequence[str | os.PathLike],
     metric_names: Sequence[str] | None = None,
+    model: str | None = None,
 ) -> None:
     """Privacy-utility figure of `metric_names` (default: every metric in the table); the x-axis names the
     unit of ε from the runs' ledgers. Names absent from the table (e.g. fusion metrics of a study without a
-    fusion model) are left out; none present is an error."""
+    fusion model) are left out; none present is an error.
+
+    `model` None draws every model of the dataset (the overview); a model name draws that model alone
+    (with the downstream classifier's real-data reference, which belongs to every model)."""
     ledgers = pd.read_parquet(privacy_parquet)
     ledgers = ledgers[(ledgers["dataset"] == dataset) & (ledgers["privacy"] != "none")]
     formal = ledgers[ledgers["guarantee"] == "formal"]
@@ -39,15 +45,28 @@ def privacy_utility_figure(
         xlabel = f"target ε per {units[0]} (log scale)"
     else:
         xlabel = "target ε (log scale; units differ, see privacy.parquet)" if units else "noise calibration ε (log scale)"
+    if model is not None:
+        ledgers = ledgers[ledgers["model"] == model]
     no_guarantee = set(ledgers.loc[ledgers["guarantee"] == "none", "privacy"])
+    noise_of = {}
+    if "noise" in ledgers.columns:
+        for privacy, noises in ledgers.dropna(subset=["noise"]).groupby("privacy")["noise"]:
+            if noises.nunique() == 1:
+                noise_of[privacy] = str(noises.iloc[0])
     metrics = pd.read_parquet(metrics_parquet)
+    if model is not None:
+        if model not in set(metrics.loc[metrics["dataset"] == dataset, "model"]):
+            raise ValueError(f"no metric rows for model {model!r} of dataset {dataset!r} in {metrics_parquet}")
+        metrics = metrics[metrics["model"].isin([model, REAL_DATA])]
     if metric_names is not None:
         chosen = metrics[metrics["metric"].isin(list(metric_names))]
         if chosen.empty:
             raise ValueError(f"none of the metrics {list(metric_names)} (config key plot.privacy_utility_metrics) "
                              f"is in {metrics_parquet}")
         metrics = chosen
-    plot_privacy_utility(metrics, dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee)
+    title = dataset if model is None else f"{dataset} · {model_label(model)}"
+    plot_privacy_utility(metrics, dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee,
+                         noise_of=noise_of, title=title)
 
 
 def samples_figure(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
 
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -24,16 +27,25 @@ PRIVACY_ORDER = [
     "functional",
 ]
 
-# Mostly Okabe-Ito (colour-blind safe); olive from Paul Tol's "muted" set so no two techniques share a hue.
-PRIVACY_COLORS: dict[str, str] = {
+# colour = privacy technique; line style = noise type (so input Laplace and input Gaussian share a hue).
+# Okabe-Ito (colour-blind safe).
+TECHNIQUE_COLORS: dict[str, str] = {
     "none": "#333333",
     "dpsgd": "#0072B2",  # blue
-    "input_laplace": "#D55E00",  # vermillion
-    "input_gaussian": "#E69F00",  # orange
-    "output_laplace": "#009E73",  # bluish green
-    "output_gaussian": "#999933",  # olive
+    "input": "#D55E00",  # vermillion
+    "output": "#009E73",  # bluish green
     "functional": "#CC79A7",  # reddish purple
 }
+TECHNIQUE_LABELS: dict[str, str] = {
+    "none": "non-private",
+    "dpsgd": "DP-SGD",
+    "input": "input perturbation",
+    "output": "output perturbation",
+    "functional": "functional mechanism",
+}
+NOISE_TYPES = ("gaussian", "laplace")
+# matplotlib dash patterns (on, off in points); "" = solid. DP-SGD's noise is Gaussian, so it is solid too.
+NOISE_DASHES: dict[str, tuple[float, ...] | str] = {"gaussian": "", "laplace": (4.0, 1.6)}
 
 PRIVACY_LABELS: dict[str, str] = {
     "none": "non-private",
@@ -44,6 +56,51 @@ PRIVACY_LABELS: dict[str, str] = {
     "output_gaussian": "output Gaussian",
     "functional": "functional",
 }
+
+
+def privacy_technique(privacy: str) -> str:
+    """The technique of a privacy mode: ``input_laplace`` -> ``input``; modes without a noise suffix are
+    their own technique (``dpsgd``, ``functional``, ``none``)."""
+    for noise in NOISE_TYPES:
+        if privacy.endswith(f"_{noise}"):
+            return privacy[: -len(noise) - 1]
+    return privacy
+
+
+def privacy_noise(privacy: str, noise_of: Mapping[str, str] | None = None) -> str | None:
+    """Noise type of a privacy mode: ``noise_of[privacy]`` when given (the ledgers' ``noise`` field, e.g. for
+    ``functional``, whose noise is a config choice), else the mode name's suffix; DP-SGD is Gaussian;
+    ``none`` has no noise (None)."""
+    if noise_of and isinstance(noise_of.get(privacy), str) and noise_of[privacy] in NOISE_TYPES:
+        return noise_of[privacy]
+    for noise in NOISE_TYPES:
+        if privacy.endswith(f"_{noise}"):
+            return noise
+    if privacy == "dpsgd":
+        return "gaussian"
+    return None
+
+
+def privacy_dashes(privacy: str, noise_of: Mapping[str, str] | None = None) -> tuple[float, ...] | str:
+    """Line dash pattern of a privacy mode: solid for Gaussian noise (and no noise), dashed for Laplace."""
+    return NOISE_DASHES.get(privacy_noise(privacy, noise_of) or "gaussian", "")
+
+
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Student-t 95 % confidence interval of the mean over seeds: mean ± t(0.975, n-1)·sd/√n.
+
+    One seed has no interval (the mean itself is returned twice). Usable as seaborn's ``errorbar``.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, mean)
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return (mean - half, mean + half)
+
 
 # `real_data`: the downstream classifier trained on the real training patients (a reference, not a model)
 MODEL_MARKERS: dict[str, str] = {"dcgan": "o", "sngan": "s", "ddcgan": "^", "ddpm": "D", "real_data": "*"}
@@ -56,10 +113,16 @@ PNG_DPI = 150
 
 
 def privacy_color(privacy: str) -> str:
-    """Colour of a privacy technique; unknown names get a stable colour from a fallback palette."""
-    if privacy in PRIVACY_COLORS:
-        return PRIVACY_COLORS[privacy]
-    return _FALLBACK_COLORS[_stable_index(privacy, len(_FALLBACK_COLORS))]
+    """Colour of a privacy mode's technique (both noise types share it); unknown techniques get a stable
+    colour from a fallback palette."""
+    technique = privacy_technique(privacy)
+    if technique in TECHNIQUE_COLORS:
+        return TECHNIQUE_COLORS[technique]
+    return _FALLBACK_COLORS[_stable_index(technique, len(_FALLBACK_COLORS))]
+
+
+# kept for callers that look a mode's colour up directly
+PRIVACY_COLORS: dict[str, str] = {p: privacy_color(p) for p in PRIVACY_ORDER}
 
 
 def model_marker(model: str) -> str:
@@ -152,7 +215,14 @@ def save_figure(fig: Figure, paths: Iterable[str | os.PathLike] | str | os.PathL
 
 
 __all__ = [
+    "NOISE_DASHES",
     "PRIVACY_COLORS",
+    "TECHNIQUE_COLORS",
+    "TECHNIQUE_LABELS",
+    "mean_ci95",
+    "privacy_dashes",
+    "privacy_noise",
+    "privacy_technique",
     "PRIVACY_LABELS",
     "PRIVACY_ORDER",
     "MODEL_MARKERS",
