@@ -4,6 +4,9 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/preprocess.smk"
@@ -11,9 +14,15 @@ include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/evaluate.smk"
 include: "rules/plot.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         study_targets(),
+
+
+rule paper:
+    input:
+        paper_targets(),

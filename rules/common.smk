@@ -1,5 +1,6 @@
 # Config validation (before any job runs), the run grid, and path templates shared by every stage.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,13 +32,15 @@ RUNS = runs(config)
 RUN_ID = "{dataset}/{model}/{privacy}/eps{epsilon}/seed{seed}"
 RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{model}}/{{privacy}}/eps{{epsilon}}/seed{{seed}}"
 LOGS = f"{RESULTS}/logs"
+FIGURES = f"{RESULTS}/figures"
+TABLES = f"{RESULTS}/tables"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 ENV = "../envs/dpmedgen.yaml"
 
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
-    model="[A-Za-z0-9_]+",
+    model="|".join(map(re.escape, config["models"])),
     privacy="[A-Za-z0-9_]+",
     epsilon="inf|[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
     seed="[0-9]+",
@@ -84,14 +87,19 @@ def train_inputs(wildcards):
     return inputs
 
 
-def sample_grid_runs(wildcards):
-    """Samples of the first seed of every (model, privacy, epsilon) of a dataset, for the comparison grid."""
+def model_kind(model):
+    return MODELS.get(model).kind
+
+
+def comparison_runs(wildcards):
+    """Samples of the first seed of every run of one (dataset, model): the rows of its comparison grid."""
     first_seed = min(r.seed for r in RUNS)
-    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.seed == first_seed])
+    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.model == wildcards.model
+                                    and r.seed == first_seed])
 
 
 def fusion_models():
-    return [m for m in config["models"] if MODELS.get(m).kind == "fusion"]
+    return [m for m in config["models"] if model_kind(m) == "fusion"]
 
 
 def fusion_modalities(dataset):
@@ -102,21 +110,36 @@ def fusion_modalities(dataset):
     return list(pairs.pop())
 
 
-def fusion_figure_runs(wildcards):
-    """Samples (fused test pairs) of the first seed of every fusion run of a dataset."""
-    first_seed = min(r.seed for r in RUNS)
-    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.seed == first_seed
-                                    and MODELS.get(r.model).kind == "fusion"])
+def comparison_modalities(wildcards):
+    """What a comparison grid shows: the trained modality, or a fusion model's (structural, functional) pair."""
+    if model_kind(wildcards.model) == "fusion":
+        return fusion_modalities(wildcards.dataset)
+    return [config["datasets"][wildcards.dataset]["modality"]]
+
+
+def has_audit():
+    """The privacy audit figure needs at least one membership-inference attack in the evaluation."""
+    return bool({"mia_dcr", "mia_discriminator"} & set(config["evaluate"]["metrics"]))
+
+
+def paper_targets():
+    """The paper's figures (PDF) and tables (LaTeX): exactly what `snakemake paper` builds."""
+    targets = []
+    for d in config["datasets"]:
+        targets += [f"{FIGURES}/{d}/privacy_utility.pdf", f"{FIGURES}/{d}/cost.pdf",
+                    f"{TABLES}/main_{d}.tex", f"{TABLES}/privacy_{d}.tex"]
+        targets += [f"{FIGURES}/{d}/privacy_utility_{m}.pdf" for m in config["models"]]
+        targets += [f"{FIGURES}/{d}/comparison_{m}.pdf" for m in config["models"]]
+        if has_audit():
+            targets.append(f"{FIGURES}/{d}/privacy_audit.pdf")
+    return targets
 
 
 def study_targets():
-    targets = [f"{RESULTS}/metrics.parquet", f"{RESULTS}/privacy.parquet"]
-    for dataset in config["datasets"]:
-        targets += [
-            f"{RESULTS}/figures/privacy_utility_{dataset}.png",
-            f"{RESULTS}/figures/privacy_utility_{dataset}.pdf",
-            f"{RESULTS}/figures/samples_{dataset}.png",
-        ]
-        if fusion_models():
-            targets.append(f"{RESULTS}/figures/fusion_{dataset}.png")
-    return targets
+    """Everything `all` builds: the study tables, the paper set, the report's PNGs, Markdown/HTML tables and
+    every run's training curves."""
+    targets = [f"{RESULTS}/metrics.parquet", f"{RESULTS}/privacy.parquet"] + paper_targets()
+    targets += [t.replace(".pdf", ".png") for t in paper_targets() if t.endswith(".pdf")]
+    for d in config["datasets"]:
+        targets += [f"{TABLES}/{name}_{d}.{ext}" for name in ("main", "privacy") for ext in ("md", "html")]
+    return targets + run_paths("training_curves.png")

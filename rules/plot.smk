@@ -1,4 +1,6 @@
-# Figures computed from the study tables and the generated samples.
+# Figures computed from the study tables, the generated samples and the training logs. PNGs go into the
+# HTML report (`snakemake --report results/report.html`), each with its caption in report/; PDFs are the
+# paper's. One style everywhere: colour = privacy technique, line style = noise type, marker = model.
 
 
 rule plot_privacy_utility:
@@ -6,14 +8,17 @@ rule plot_privacy_utility:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
     output:
-        png=f"{RESULTS}/figures/privacy_utility_{{dataset}}.png",
-        pdf=f"{RESULTS}/figures/privacy_utility_{{dataset}}.pdf",
+        png=report(f"{FIGURES}/{{dataset}}/privacy_utility.png", caption="../report/privacy_utility.rst",
+                   category="1. Privacy-utility", subcategory="{dataset}",
+                   labels={"dataset": "{dataset}", "figure": "overview (all models)"}),
+        pdf=f"{FIGURES}/{{dataset}}/privacy_utility.pdf",
     params:
         metrics=config["plot"].get("privacy_utility_metrics"),
+        model=None,
     log:
-        f"{LOGS}/plot/privacy_utility_{{dataset}}.log",
+        f"{LOGS}/plot/{{dataset}}/privacy_utility.log",
     benchmark:
-        f"{BENCHMARKS}/plot/privacy_utility_{{dataset}}.tsv"
+        f"{BENCHMARKS}/plot/{{dataset}}/privacy_utility.tsv"
     conda:
         ENV
     threads: 1
@@ -24,21 +29,34 @@ rule plot_privacy_utility:
         "../workflow_scripts/plot_privacy_utility.py"
 
 
-rule plot_samples:
-    input:
-        images=f"{RESULTS}/{{dataset}}/images.h5",
-        splits=f"{RESULTS}/{{dataset}}/splits.parquet",
-        samples=sample_grid_runs,
+use rule plot_privacy_utility as plot_privacy_utility_model with:
     output:
-        f"{RESULTS}/figures/samples_{{dataset}}.png",
+        png=report(f"{FIGURES}/{{dataset}}/privacy_utility_{{model}}.png", caption="../report/privacy_utility.rst",
+                   category="1. Privacy-utility", subcategory="{dataset}",
+                   labels={"dataset": "{dataset}", "figure": "{model}"}),
+        pdf=f"{FIGURES}/{{dataset}}/privacy_utility_{{model}}.pdf",
     params:
-        modality=lambda w: config["datasets"][w.dataset]["modality"],
-        split=config["evaluate"].get("split", "test"),
-        n_columns=config.get("plot", {}).get("n_columns", 8),
+        metrics=config["plot"].get("privacy_utility_metrics"),
+        model=lambda w: w.model,
     log:
-        f"{LOGS}/plot/samples_{{dataset}}.log",
+        f"{LOGS}/plot/{{dataset}}/privacy_utility_{{model}}.log",
     benchmark:
-        f"{BENCHMARKS}/plot/samples_{{dataset}}.tsv"
+        f"{BENCHMARKS}/plot/{{dataset}}/privacy_utility_{{model}}.tsv"
+
+
+rule plot_privacy_audit:
+    input:
+        metrics=f"{RESULTS}/metrics.parquet",
+        privacy=f"{RESULTS}/privacy.parquet",
+    output:
+        png=report(f"{FIGURES}/{{dataset}}/privacy_audit.png", caption="../report/privacy_audit.rst",
+                   category="2. Privacy audit", subcategory="{dataset}",
+                   labels={"dataset": "{dataset}", "figure": "membership inference against the DP bound"}),
+        pdf=f"{FIGURES}/{{dataset}}/privacy_audit.pdf",
+    log:
+        f"{LOGS}/plot/{{dataset}}/privacy_audit.log",
+    benchmark:
+        f"{BENCHMARKS}/plot/{{dataset}}/privacy_audit.tsv"
     conda:
         ENV
     threads: 1
@@ -46,24 +64,28 @@ rule plot_samples:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
     script:
-        "../workflow_scripts/plot_samples.py"
+        "../workflow_scripts/plot_privacy_audit.py"
 
 
-rule plot_fusion:
+rule plot_comparison:
     input:
         images=f"{RESULTS}/{{dataset}}/images.h5",
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
-        samples=fusion_figure_runs,
+        samples=comparison_runs,
     output:
-        f"{RESULTS}/figures/fusion_{{dataset}}.png",
+        png=report(f"{FIGURES}/{{dataset}}/comparison_{{model}}.png", caption="../report/comparison.rst",
+                   category="3. Samples", subcategory="{dataset}",
+                   labels={"dataset": "{dataset}", "figure": "{model}"}),
+        pdf=f"{FIGURES}/{{dataset}}/comparison_{{model}}.pdf",
     params:
-        modalities=lambda w: fusion_modalities(w.dataset),
+        modalities=comparison_modalities,
         split=config["evaluate"].get("split", "test"),
-        n_columns=config.get("plot", {}).get("n_columns", 8),
+        n_columns=config["plot"].get("n_columns", 8),
+        indices=config["plot"].get("image_indices"),
     log:
-        f"{LOGS}/plot/fusion_{{dataset}}.log",
+        f"{LOGS}/plot/{{dataset}}/comparison_{{model}}.log",
     benchmark:
-        f"{BENCHMARKS}/plot/fusion_{{dataset}}.tsv"
+        f"{BENCHMARKS}/plot/{{dataset}}/comparison_{{model}}.tsv"
     conda:
         ENV
     threads: 1
@@ -71,4 +93,46 @@ rule plot_fusion:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
     script:
-        "../workflow_scripts/plot_fusion.py"
+        "../workflow_scripts/plot_comparison.py"
+
+
+rule plot_training_curves:
+    input:
+        train_log=f"{RUN_DIR}/train_log.csv",
+        ledger=f"{RUN_DIR}/privacy.json",
+    output:
+        report(f"{RUN_DIR}/training_curves.png", caption="../report/training_curves.rst",
+               category="4. Training", subcategory="{dataset}",
+               labels={"model": "{model}", "privacy": "{privacy}", "epsilon": "{epsilon}", "seed": "{seed}"}),
+    log:
+        f"{LOGS}/plot/training_curves/{RUN_ID}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=resources(config, "plot")["mem_mb"],
+        runtime=resources(config, "plot")["runtime"],
+    script:
+        "../workflow_scripts/plot_training_curves.py"
+
+
+rule plot_cost:
+    input:
+        metrics=f"{RESULTS}/metrics.parquet",
+    output:
+        png=report(f"{FIGURES}/{{dataset}}/cost.png", caption="../report/cost.rst",
+                   category="4. Training", subcategory="{dataset}",
+                   labels={"model": "all", "privacy": "all", "epsilon": "all", "seed": "all"}),
+        pdf=f"{FIGURES}/{{dataset}}/cost.pdf",
+    log:
+        f"{LOGS}/plot/{{dataset}}/cost.log",
+    benchmark:
+        f"{BENCHMARKS}/plot/{{dataset}}/cost.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=resources(config, "plot")["mem_mb"],
+        runtime=resources(config, "plot")["runtime"],
+    script:
+        "../workflow_scripts/plot_cost.py"

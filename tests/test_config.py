@@ -20,7 +20,7 @@ def config() -> dict:
     return yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/ci.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "configs/ci.yaml", "configs/paper.yaml"])
 def test_shipped_configs_are_valid(path):
     load_config(ROOT / path)
 
@@ -109,3 +109,28 @@ def test_command_line_overrides_are_typed_again(config):
     assert config["evaluate"]["inception_weights"] is None and config["datasets"]["brain_phantom"]["modality"] == "mri"
     validate_schema(config)
     check_config(config)
+
+
+@pytest.mark.parametrize("name", ["ci.yaml", "paper.yaml"])
+def test_shipped_configs_set_every_key_of_the_default(name):
+    """Snakemake merges `--configfile` over config.yaml key by key: a key the file leaves out would silently
+    keep the default study's value (e.g. a model's `train.steps`)."""
+    from snakemake.utils import update_config
+
+    override = yaml.safe_load((ROOT / "configs" / name).read_text())
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(merged, override)
+    assert merged == override
+
+
+def test_paper_grid():
+    config = load_config(ROOT / "configs" / "paper.yaml")
+    grid = runs(config)
+    assert config["image_size"] == 128 and config["seeds"] == [0, 1, 2, 3, 4]
+    assert sorted(config["privacy"]["epsilons"]) == [0.1, 0.5, 1, 2, 5, 10]
+    per_seed = {}
+    for r in grid:
+        per_seed.setdefault(r.model, set()).add((r.privacy, r.epsilon))
+    # functional applies to the unconditional GANs only: 1 + 6 x 6 runs for them, 1 + 5 x 6 for the others
+    assert {m: len(v) for m, v in per_seed.items()} == {"dcgan": 37, "sngan": 37, "ddcgan": 31, "ddpm": 31}
+    assert len(grid) == 5 * (37 + 37 + 31 + 31)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from pathlib import Path
@@ -198,3 +199,63 @@ def test_mean_ci95_is_the_student_t_interval():
     rng = np.random.default_rng(0)
     hits = [lo <= 0.0 <= hi for lo, hi in (mean_ci95(rng.normal(0.0, 1.0, 5)) for _ in range(4000))]
     assert 0.935 < np.mean(hits) < 0.965
+
+
+def _comparison_inputs(tmp_path: Path, sample_labels: dict[str, np.ndarray]):
+    """A 6-patient real set (3 per class, 2 slices each; 4 test patients) and one sample file per run."""
+    from dpmedgen.data.schema import ImageSet, write_image_set
+    from dpmedgen.data.split import split_patients, write_splits
+    from dpmedgen.runs import RunSpec
+
+    n = 12
+    patients = np.repeat([f"p{i}" for i in range(6)], 2)
+    labels = np.repeat([0, 1, 0, 1, 0, 1], 2)
+    real = ImageSet({"mri": blobs(n, size=16)}, patients, np.tile([0, 1], 6), labels, dataset="toy")
+    write_image_set(tmp_path / "images.h5", real)
+    write_splits(split_patients(real, {"train": 0.34, "val": 0.0, "test": 0.66}, seed=0), tmp_path / "splits.parquet")
+    files = []
+    for k, (privacy, lab) in enumerate(sample_labels.items()):
+        epsilon = math.inf if privacy == "none" else 1.0
+        run = RunSpec("toy", "dcgan", privacy, epsilon, 0)
+        # pixel value = sample position / 100: the test can tell which sample landed in which cell
+        pixels = np.broadcast_to((np.arange(len(lab)) / 100.0)[:, None, None], (len(lab), 16, 16))
+        samples = ImageSet({"mri": pixels}, np.repeat("sample", len(lab)), np.arange(len(lab)), lab, dataset="toy",
+                           provenance={"run": run.as_dict()})
+        write_image_set(tmp_path / f"samples{k}.h5", samples)
+        files.append(tmp_path / f"samples{k}.h5")
+    return files
+
+
+def test_comparison_grid_groups_columns_by_class_or_uses_fixed_indices(tmp_path, monkeypatch):
+    from dpmedgen.plots import study
+
+    calls = []
+    monkeypatch.setattr(study, "plot_sample_grid", lambda real, rows, paths, **kw: calls.append((real, rows, kw)))
+    labels = np.array([1, 1, 0, 1, 0, 0, 1, 0, 1, 0])
+    files = _comparison_inputs(tmp_path, {"dpsgd": labels, "none": labels[::-1].copy()})
+    study.comparison_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", "mri", files, [tmp_path / "c.png"],
+                            n_columns=4)
+    real, rows, kw = calls[-1]
+    assert kw["column_groups"] == [("class 0", 2), ("class 1", 2)]
+    assert [label for label, _ in rows] == ["DCGAN · non-private", "DCGAN · DP-SGD ε=1"]  # non-private first
+    # each run's first two samples of class 0, then of class 1 (pixel value = position / 100)
+    assert [round(float(px[0, 0] * 100)) for px in rows[1][1]] == [2, 4, 0, 1]  # dpsgd: labels as given
+    assert [round(float(px[0, 0] * 100)) for px in rows[0][1]] == [0, 2, 1, 3]  # none: labels reversed
+    assert real.shape == (4, 16, 16)
+
+    study.comparison_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", "mri", files, [tmp_path / "c.png"],
+                            indices=[5, 0])
+    _, rows, kw = calls[-1]
+    assert kw["column_groups"] is None and [round(float(px[0, 0] * 100)) for px in rows[0][1]] == [5, 0]
+    with pytest.raises(ValueError, match=r"plot.image_indices: \[10\] out of range"):
+        study.comparison_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", "mri", files,
+                                [tmp_path / "c.png"], indices=[0, 10])
+
+
+def test_comparison_grid_without_sample_labels_spreads_real_images(tmp_path):
+    from dpmedgen.plots.study import comparison_figure
+
+    files = _comparison_inputs(tmp_path, {"none": np.full(6, -1)})  # one unconditional generator: no class
+    out = [tmp_path / "cmp.png", tmp_path / "cmp.pdf"]
+    comparison_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", "mri", files, out, n_columns=4)
+    assert_valid(out)

@@ -70,8 +70,20 @@ def test_ci_study_end_to_end(tmp_path):
     fusion = json.loads((results / "brain_phantom/runs/ddcgan/dpsgd/eps1/seed0/privacy.json").read_text())
     assert fusion["protected_networks"] == ["discriminator_mri", "discriminator_pet", "generator"]
     assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon"] <= 1.0
-    for name in ("samples", "fusion", "privacy_utility"):
-        assert (results / "figures" / f"{name}_brain_phantom.png").stat().st_size > 10_000, name
+    figures = results / "figures" / "brain_phantom"
+    expected = ["privacy_utility", "privacy_audit", "cost"]
+    expected += [f"{kind}_{m}" for kind in ("privacy_utility", "comparison") for m in config["models"]]
+    assert sorted(f.name for f in figures.iterdir()) == sorted(f"{n}.{ext}" for n in expected for ext in ("png", "pdf"))
+    for name in expected:
+        assert (figures / f"{name}.png").stat().st_size > 10_000, name
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    curves = sorted(results.glob("brain_phantom/runs/*/*/*/*/training_curves.png"))
+    assert len(curves) == n_runs and all(c.stat().st_size > 10_000 for c in curves)
+    tables = results / "tables"
+    assert sorted(f.name for f in tables.iterdir()) == sorted(
+        f"{t}_brain_phantom.{ext}" for t in ("main", "privacy") for ext in ("tex", "md", "html"))
+    main_tex = (tables / "main_brain_phantom.tex").read_text()
+    assert "\\toprule" in main_tex and "\\bottomrule" in main_tex and "DP-SGD" in main_tex
     progress = list(results.glob("brain_phantom/runs/*/none/epsinf/seed0/progress/epoch_*.png"))
     assert {p.parts[-6] for p in progress} == set(config["models"])
     assert {p.name.rsplit("_", 1)[-1] for p in progress if p.parts[-6] == "dcgan"} == {"class0.png", "class1.png"}
@@ -81,9 +93,20 @@ def test_ci_study_end_to_end(tmp_path):
 
     splits = pd.read_parquet(results / "brain_phantom" / "splits.parquet")
     assert splits.patient_id.is_unique
-    for name in ("privacy_utility_brain_phantom.png", "privacy_utility_brain_phantom.pdf", "samples_brain_phantom.png"):
-        assert (results / "figures" / name).stat().st_size > 1000
     assert any((results / "logs" / "train").rglob("*.log")) and any((results / "benchmarks" / "train").rglob("*.tsv"))
+
+    # the HTML report: every registered figure and table, with its caption, in one self-contained file
+    report = results / "report.html"
+    proc = _snakemake(tmp_path, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    html = report.read_text()
+    assert len(html) > 1_000_000  # the figures are embedded
+    for name in expected:
+        assert f"{name}.png" in html, name
+    assert "training_curves.png" in html and "main_brain_phantom.html" in html and "privacy_brain_phantom.html" in html
+    for category in ("1. Privacy-utility", "2. Privacy audit", "3. Samples", "4. Training", "5. Tables"):
+        assert category in html, category
+    assert "Privacy-utility trade-off of" in html  # captions are rendered
 
 
 @pytest.mark.integration
@@ -113,3 +136,20 @@ def test_large_grid_plans(tmp_path):
     assert not (tmp_path / "results").exists()
     train_jobs = [line for line in proc.stdout.splitlines() if line.strip().startswith("train ")]
     assert train_jobs and train_jobs[0].split()[-1] == "1000", proc.stdout[-2000:]
+
+
+@pytest.mark.integration
+def test_paper_target_plans_the_full_grid(tmp_path):
+    """`snakemake -n --configfile configs/paper.yaml paper` plans every run and exactly the paper's set."""
+    proc = _snakemake(tmp_path, "-n", "--quiet", "rules", "--", "paper", config=ROOT / "configs" / "paper.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = {line.split()[0]: int(line.split()[-1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[-1].isdigit()}
+    n_runs = len(runs(yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())))
+    assert n_runs == 680
+    assert counts["train"] == counts["generate"] == counts["evaluate"] == n_runs, proc.stdout[-2000:]
+    n_models = 4
+    assert counts["plot_comparison"] == counts["plot_privacy_utility_model"] == n_models
+    assert counts["plot_privacy_utility"] == counts["plot_privacy_audit"] == counts["plot_cost"] == counts["tables"] == 1
+    assert "plot_training_curves" not in counts  # per-run curves are the report's, not the paper's
+    assert not (tmp_path / "results-paper").exists()

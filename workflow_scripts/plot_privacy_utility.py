@@ -6,5 +6,5 @@ from dpmedgen.plots.study import privacy_utility_figure
 
 privacy_utility_figure(
     snakemake.input.metrics, snakemake.input.privacy, snakemake.wildcards.dataset, [snakemake.output.png, snakemake.output.pdf],
-    snakemake.params.metrics,
+    snakemake.params.metrics, model=snakemake.params.model,
 )

@@ -137,9 +137,15 @@ def check_config(config: dict[str, Any]) -> None:
 
     sources = (config["models"].get("ddcgan") or {}).get("modalities", ["mri", "pet"])
     known = {i.name for i in all_metric_info(sources)}
-    for name in (config.get("plot") or {}).get("privacy_utility_metrics", []):
-        if name not in known:
-            raise ConfigError(f"config key plot.privacy_utility_metrics: unknown metric {name!r}; see README's metric table")
+    for key in ("privacy_utility_metrics", "table_metrics"):
+        for name in (config.get("plot") or {}).get(key, []):
+            if name not in known:
+                raise ConfigError(f"config key plot.{key}: unknown metric {name!r}; see README's metric table")
+    indices = (config.get("plot") or {}).get("image_indices")
+    n_samples = config["generate"]["n_samples"]
+    if indices and max(indices) >= n_samples:
+        raise ConfigError(f"config key plot.image_indices: {max(indices)} is not a sample position; generate.n_samples "
+                          f"is {n_samples} (positions 0-{n_samples - 1})")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from .style import new_figure, save_figure
 
@@ -30,12 +31,14 @@ def plot_sample_grid(
     n_cols: int = 8,
     title: str | None = None,
     real_label: str = "real (test)",
+    column_groups: Sequence[tuple[str, int]] | None = None,
 ) -> None:
     """Save a grid: first row `real_label` (``n_cols`` real images), then one row per ``(label, samples)``.
 
     Images are (N, H, W) (or (N, 1, H, W)) in [0, 1], drawn with a grey colormap at vmin 0 / vmax 1 (so
     contrast is comparable across rows), no ticks, row labels on the left. Rows with fewer than ``n_cols``
-    images leave the remaining cells blank.
+    images leave the remaining cells blank. ``column_groups`` — ``(header, width)`` pairs whose widths sum to
+    ``n_cols`` — puts a header over each group of columns (e.g. one per class label).
     """
     if n_cols < 1:
         raise ValueError(f"n_cols must be >= 1, got {n_cols}")
@@ -47,7 +50,9 @@ def plot_sample_grid(
     gap = GAP_FRACTION * CELL_INCHES
     grid_w = n_cols * CELL_INCHES + (n_cols - 1) * gap
     grid_h = n_rows * CELL_INCHES + (n_rows - 1) * gap
-    title_h = 0.32 if title else 0.0
+    if column_groups is not None and sum(w for _, w in column_groups) != n_cols:
+        raise ValueError(f"column_groups {list(column_groups)} must span the {n_cols} columns")
+    title_h = (0.32 if title else 0.0) + (0.2 if column_groups else 0.0)
     fig_w, fig_h = LABEL_INCHES + grid_w + 0.02, grid_h + title_h + 0.02
     fig = new_figure(fig_w, fig_h)
     fig.set_layout_engine("none")
@@ -83,6 +88,16 @@ def plot_sample_grid(
             fontweight="bold" if r == 0 else "normal",
             labelpad=4,
         )
+    if column_groups:
+        start = 0
+        for header, width in column_groups:
+            if width:
+                left, right = axes[0][start], axes[0][start + width - 1]
+                x0, x1 = left.get_position().x0, right.get_position().x1
+                y = left.get_position().y1 + 0.03 / fig_h
+                fig.text((x0 + x1) / 2, y, header, ha="center", va="bottom", fontsize=7.5, fontstyle="italic")
+                fig.add_artist(Line2D([x0 + 0.01 / fig_w, x1 - 0.01 / fig_w], [y, y], color="#555555", lw=0.6))
+            start += width
     if title:
         fig.suptitle(title, fontsize=9.5, fontweight="bold", y=(fig_h - 0.04) / fig_h, va="top",
                      x=(LABEL_INCHES + grid_w / 2) / fig_w)

@@ -69,7 +69,30 @@ def privacy_utility_figure(
                          noise_of=noise_of, title=title)
 
 
-def samples_figure(
+def _check_indices(indices: Sequence[int], n: int, what: str) -> np.ndarray:
+    idx = np.asarray(list(indices), dtype=int)
+    bad = idx[(idx < 0) | (idx >= n)]
+    if len(bad):
+        raise ValueError(f"config key plot.image_indices: {sorted(set(bad.tolist()))} out of range for {what} "
+                         f"({n} images; valid 0-{n - 1})")
+    return idx
+
+
+def _spread(n_available: int, k: int) -> np.ndarray:
+    """`k` positions evenly spaced over `n_available` (several patients of an ordered split appear)."""
+    return np.unique(np.linspace(0, n_available - 1, min(k, n_available)).round().astype(int))
+
+
+def _class_columns(labels: np.ndarray, classes: Sequence[int], per_class: Sequence[int], spread: bool) -> np.ndarray:
+    """Positions of `per_class[i]` images of each class (evenly spread over the class, or its first ones)."""
+    picks = []
+    for c, k in zip(classes, per_class):
+        where = np.flatnonzero(labels == c)
+        picks.append(where[_spread(len(where), k)] if spread else where[:k])
+    return np.concatenate(picks) if picks else np.zeros(0, int)
+
+
+def comparison_figure(
     images_h5: str | os.PathLike,
     splits_parquet: str | os.PathLike,
     split: str,
@@ -77,22 +100,51 @@ def samples_figure(
     sample_files: Sequence[str | os.PathLike],
     paths: Sequence[str | os.PathLike],
     n_columns: int = 8,
+    indices: Sequence[int] | None = None,
+    title: str | None = None,
 ) -> None:
-    """Real images of `split` in the first row, then one row of samples per run (non-private first)."""
+    """Comparison grid of one model: real `split` images first, then the non-private run, then each privacy
+    technique by decreasing ε (one row per run; pass one seed's sample files).
+
+    Columns: with `indices` (config key plot.image_indices), those positions in the real split and in every
+    sample file, the same for every row. Without, when the real images and every run's samples carry class
+    labels (class generators), the columns are grouped by class — an equal share of columns per class, the
+    real images of a class evenly spread over its patients, a run's first samples of that class — with the
+    class over each group; otherwise real images evenly spread over the split and each run's first samples.
+    """
     real = select_split(read_image_set(images_h5, modalities=[modality]), read_splits(splits_parquet), split)
-    rows = []
+    runs = []
     for f in sample_files:
         samples = read_image_set(f)
         run = RunSpec(**samples.provenance["run"])
-        (pixels,) = samples.modalities.values()  # the trained modality, or "fused" for a fusion model
-        rows.append((run, pixels[:n_columns]))
-    rows.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
+        (pixels,) = samples.modalities.values()  # the trained modality
+        runs.append((run, pixels, samples.label, f))
+    runs.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
+    groups = None
+    if indices is not None:
+        real_idx = _check_indices(indices, len(real), f"the {split} split of {images_h5}")
+        picks = [_check_indices(indices, len(px), str(f)) for _, px, _, f in runs]
+    else:
+        classes = sorted(int(c) for c in np.unique(real.label) if c >= 0)
+        labelled = len(classes) > 1 and all(set(np.unique(lab)) <= set(classes) for _, _, lab, _ in runs)
+        if labelled:
+            per_class = [n_columns // len(classes) + (i < n_columns % len(classes)) for i in range(len(classes))]
+            real_idx = _class_columns(real.label, classes, per_class, spread=True)
+            picks = [_class_columns(lab, classes, per_class, spread=False) for _, _, lab, _ in runs]
+            groups = [(f"class {c}", k) for c, k in zip(classes, per_class)]
+            if len(real_idx) != n_columns or any(len(p) != n_columns for p in picks):
+                groups = None  # a class with too few images: fall back to the plain layout
+        if groups is None:
+            real_idx = _spread(len(real), n_columns)
+            picks = [np.arange(min(n_columns, len(px))) for _, px, _, _ in runs]
     plot_sample_grid(
-        real.modalities[modality][:n_columns],
-        [(run_label(run), pixels) for run, pixels in rows],
+        real.modalities[modality][real_idx],
+        [(run_label(run), px[pick]) for (run, px, _, _), pick in zip(runs, picks)],
         list(paths),
-        n_cols=n_columns,
-        title=f"{real.dataset}: real {split} images and samples",
+        n_cols=len(real_idx),
+        title=title or f"{real.dataset}: real {split} images and samples",
+        real_label=f"real ({split})",
+        column_groups=groups,
     )
 
 
@@ -104,12 +156,17 @@ def fusion_figure(
     sample_files: Sequence[str | os.PathLike],
     paths: Sequence[str | os.PathLike],
     n_columns: int = 8,
+    indices: Sequence[int] | None = None,
+    title: str | None = None,
 ) -> None:
-    """MRI | PET | fused rows for the same `n_columns` evaluation pairs (evenly spaced over the split, so
-    several patients appear): first the two source rows, then one fused row per fusion run (non-private
-    first, then each technique by decreasing epsilon)."""
+    """MRI | PET | fused rows for the same evaluation pairs — `indices` (config key plot.image_indices) into
+    the split, or `n_columns` pairs evenly spaced over it (so several patients appear): first the two source
+    rows, then one fused row per fusion run (non-private first, then each technique by decreasing ε)."""
     part = select_split(read_image_set(images_h5, modalities=list(modalities)), read_splits(splits_parquet), split)
-    pick = np.unique(np.linspace(0, len(part) - 1, min(n_columns, len(part))).round().astype(int))
+    if indices is not None:
+        pick = _check_indices(indices, len(part), f"the {split} split of {images_h5}")
+    else:
+        pick = _spread(len(part), n_columns)
     rows = []
     for f in sample_files:
         samples = read_image_set(f)
@@ -125,6 +182,32 @@ def fusion_figure(
         [second] + [(f"fused · {run_label(run)}", pixels) for run, pixels in rows],
         list(paths),
         n_cols=len(pick),
-        title=f"{part.dataset}: {modalities[0].upper()}-{modalities[1].upper()} fusion of {split} pairs",
+        title=title or f"{part.dataset}: {modalities[0].upper()}-{modalities[1].upper()} fusion of {split} pairs",
         real_label=modalities[0].upper(),
     )
+
+
+def model_comparison_figure(
+    model: str,
+    images_h5: str | os.PathLike,
+    splits_parquet: str | os.PathLike,
+    split: str,
+    modalities: Sequence[str],
+    sample_files: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike],
+    n_columns: int = 8,
+    indices: Sequence[int] | None = None,
+) -> None:
+    """The comparison grid of one model: :func:`fusion_figure` for a fusion model (two `modalities`, the
+    (structural, functional) pair), :func:`comparison_figure` otherwise (one modality, the trained one)."""
+    dataset = read_image_set(sample_files[0]).dataset if sample_files else "?"
+    if len(modalities) == 2:
+        fusion_figure(images_h5, splits_parquet, split, (modalities[0], modalities[1]), sample_files, paths,
+                      n_columns=n_columns, indices=indices,
+                      title=f"{dataset} · {model_label(model)}: {modalities[0].upper()}-{modalities[1].upper()} "
+                            f"fusion of {split} pairs")
+    elif len(modalities) == 1:
+        comparison_figure(images_h5, splits_parquet, split, modalities[0], sample_files, paths, n_columns=n_columns,
+                          indices=indices, title=f"{dataset} · {model_label(model)}: real {split} images and samples")
+    else:
+        raise ValueError(f"comparison grid of {model!r}: expected one modality or a fusion pair, got {list(modalities)}")
