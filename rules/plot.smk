@@ -10,7 +10,7 @@ rule plot_privacy_utility:
     output:
         png=report(f"{FIGURES}/{{dataset}}/privacy_utility.png", caption="../report/privacy_utility.rst",
                    category="1. Privacy-utility", subcategory="{dataset}",
-                   labels={"dataset": "{dataset}", "figure": "overview (all models)"}),
+                   labels={"dataset": "{dataset}", "figure": "all models (overview)"}),
         pdf=f"{FIGURES}/{{dataset}}/privacy_utility.pdf",
     params:
         metrics=config["plot"].get("privacy_utility_metrics"),
@@ -122,7 +122,7 @@ rule plot_cost:
     output:
         png=report(f"{FIGURES}/{{dataset}}/cost.png", caption="../report/cost.rst",
                    category="4. Training", subcategory="{dataset}",
-                   labels={"model": "all", "privacy": "all", "epsilon": "all", "seed": "all"}),
+                   labels={"model": "all models (cost)", "privacy": "all", "epsilon": "all", "seed": "all"}),
         pdf=f"{FIGURES}/{{dataset}}/cost.pdf",
     log:
         f"{LOGS}/plot/{{dataset}}/cost.log",

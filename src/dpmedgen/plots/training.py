@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -127,20 +128,33 @@ def _loss_title(column: str) -> str:
     return " ".join(words) + " loss"
 
 
-def _class_groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+def _class_colors(privacy: str | None, n: int) -> list[str]:
+    """Shades of the run's technique colour, dark to light, one per class (colour keeps meaning technique,
+    as in every other figure); the fixed CLASS_COLORS when the technique is unknown."""
+    if privacy is None:
+        return [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(n)]
+    if n == 1:
+        return [privacy_color(privacy)]
+    shades = sns.dark_palette(privacy_color(privacy), n_colors=n + 2, reverse=True).as_hex()
+    return shades[:n] if privacy != "none" else sns.light_palette("#111111", n_colors=n + 2, reverse=True).as_hex()[:n]
+
+
+def _class_groups(df: pd.DataFrame, privacy: str | None = None) -> list[tuple[str, str, pd.DataFrame]]:
     """(label, colour, rows sorted by step) per class generator; one group without a class column."""
     if "class" not in df.columns:
-        return [("all", SINGLE_COLOR, df.sort_values("step", kind="stable"))]
+        color = SINGLE_COLOR if privacy is None else privacy_color(privacy)
+        return [("all", color, df.sort_values("step", kind="stable"))]
     groups = []
     classes = df["class"].dropna().unique()
     try:
         classes = sorted(classes, key=float)
     except (TypeError, ValueError):
         classes = sorted(classes, key=str)
+    colors = _class_colors(privacy, len(classes))
     for i, c in enumerate(classes):
         label = f"class {int(c)}" if _is_integral(c) else f"class {c}"
         rows = df[df["class"] == c].sort_values("step", kind="stable")
-        groups.append((label, CLASS_COLORS[i % len(CLASS_COLORS)], rows))
+        groups.append((label, colors[i], rows))
     return groups
 
 
@@ -215,7 +229,7 @@ def plot_training_curves(
         df[c] = pd.to_numeric(df[c], errors="coerce")
     eps_col = pd.to_numeric(df["epsilon"], errors="coerce") if "epsilon" in df.columns else pd.Series(np.nan, index=df.index)
     df["_eps"] = eps_col.astype(float)
-    groups = _class_groups(df)
+    groups = _class_groups(df, str(ledger["privacy"]) if ledger and "privacy" in ledger else None)
     has_class = "class" in df.columns
     if span is None:
         span = default_span(max(len(rows) for _, _, rows in groups))
