@@ -259,3 +259,25 @@ def test_comparison_grid_without_sample_labels_spreads_real_images(tmp_path):
     out = [tmp_path / "cmp.png", tmp_path / "cmp.pdf"]
     comparison_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", "mri", files, out, n_columns=4)
     assert_valid(out)
+
+
+def test_per_model_privacy_utility_keeps_only_that_models_metrics(tmp_path, monkeypatch):
+    from dpmedgen.plots import study
+
+    table = metric_table(models=("dcgan", "ddcgan"))
+    table = table[~((table.model == "ddcgan") & (table.metric == "ssim_nn"))]  # ddcgan lacks one metric
+    ref = table[(table.model == "dcgan") & (table.privacy == "none") & (table.metric == "ssim_nn")].assign(model="real_data")
+    metrics, ledgers = tmp_path / "metrics.parquet", tmp_path / "privacy.parquet"
+    pd.concat([table, ref]).to_parquet(metrics)
+    runs = table[["dataset", "model", "privacy", "epsilon", "seed"]].drop_duplicates().rename(columns={"epsilon": "epsilon_target"})
+    runs.assign(guarantee=np.where(runs.privacy == "none", "none", "formal"), unit="patient").to_parquet(ledgers)
+    drawn = []
+    monkeypatch.setattr(study, "plot_privacy_utility", lambda df, dataset, paths, **kw: drawn.append((df, kw)))
+    study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="ddcgan")
+    df, kw = drawn[-1]
+    assert set(df.model) == {"ddcgan"} and "ssim_nn" not in set(df.metric)  # no panel holding only the reference
+    assert kw["title"] == "brats · DDcGAN"
+    study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="dcgan")
+    assert set(drawn[-1][0].model) == {"dcgan", "real_data"}
+    with pytest.raises(ValueError, match="no metric rows for model 'sngan'"):
+        study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="sngan")

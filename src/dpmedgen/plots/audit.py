@@ -152,8 +152,12 @@ def _nice_ticks(lo: float, hi: float, values: Sequence[float]) -> list[float]:
     if len(ticks) > 7:
         ticks = [t for t in ticks if round(math.log10(t), 6).is_integer()]
     if len(ticks) < 2:
-        ticks = sorted({float(f"{v:.3g}") for v in values} | set(ticks))
-    return ticks
+        ticks = sorted({float(f"{v:.1g}") for v in values} | set(ticks))
+    kept: list[float] = []
+    for t in ticks:  # labels closer than a fifth of a decade would print on top of each other
+        if not kept or math.log10(t) - math.log10(kept[-1]) >= 0.2:
+            kept.append(t)
+    return kept
 
 
 def _fmt_tick(v: float, _pos: Any = None) -> str:
@@ -302,6 +306,9 @@ def plot_privacy_audit(
         lines.append(f"(b) is read at the largest observed FPR ≤ 1 %; with {int(finite_n.min())} non-member "
                      f"{level}s that is FPR = 0, so a TPR above the bound there does not by itself contradict the "
                      "claim; (c) is the sound test.")
+    if len(finite_n):  # (a): an AUC estimated from a few patients scatters widely around its true value
+        lines.append(f"(a) is an estimate from {int(finite_n.min())} non-member {level}s: a point in the excluded "
+                     "region is sampling noise unless (c) confirms it.")
     note = "\n".join(textwrap.fill(s, 150) for s in lines)
     note_height = 0.125 * (note.count("\n") + 1) + 0.05  # inches at 6.5 pt, line spacing 1.3
 

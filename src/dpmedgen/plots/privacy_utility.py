@@ -118,7 +118,7 @@ def plot_privacy_utility(
         raise ValueError(f"dataset {dataset!r} has no finite metric values to plot")
     models = sorted(df["model"].unique(), key=str)
     privacies = sorted(priv["privacy"].unique(), key=privacy_sort_key)
-    ref_models = [m for m in models if m in set(ref["model"])]
+    ref_models = sorted((m for m in models if m in set(ref["model"])), key=lambda m: (m == "real_data", m))  # reference last
     eps_values = sorted(priv["epsilon"].unique())
 
     n = len(metric_names)

@@ -57,7 +57,9 @@ def privacy_utility_figure(
     if model is not None:
         if model not in set(metrics.loc[metrics["dataset"] == dataset, "model"]):
             raise ValueError(f"no metric rows for model {model!r} of dataset {dataset!r} in {metrics_parquet}")
-        metrics = metrics[metrics["model"].isin([model, REAL_DATA])]
+        own = metrics[(metrics["dataset"] == dataset) & (metrics["model"] == model)]
+        reference = metrics[(metrics["model"] == REAL_DATA) & metrics["metric"].isin(set(own["metric"]))]
+        metrics = pd.concat([own, reference])  # the real-data reference only beside the model's own values
     if metric_names is not None:
         chosen = metrics[metrics["metric"].isin(list(metric_names))]
         if chosen.empty:
