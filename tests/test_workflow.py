@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,16 +23,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _snakemake(workdir: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
     cmd = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(config or ROOT / "configs" / "ci.yaml"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    # from the repository root, where `--profile slurm` finds ./slurm as a user's call would
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def ci_study(tmp_path_factory) -> Path:
+    """The CI study run locally once (the working directory), shared by the tests that read it."""
+    workdir = tmp_path_factory.mktemp("ci_study")
+    proc = _snakemake(workdir, "--cores", "2", "all")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
 
 
 @pytest.mark.integration
-def test_ci_study_end_to_end(tmp_path):
-    proc = _snakemake(tmp_path, "--cores", "2", "all")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_ci_study_end_to_end(ci_study):
+    tmp_path = ci_study
     results = tmp_path / "results-ci"
     config = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
 
@@ -153,3 +166,58 @@ def test_paper_target_plans_the_full_grid(tmp_path):
     assert counts["plot_privacy_utility"] == counts["plot_privacy_audit"] == counts["plot_cost"] == counts["tables"] == 1
     assert "plot_training_curves" not in counts  # per-run curves are the report's, not the paper's
     assert not (tmp_path / "results-paper").exists()
+
+
+# --- the SLURM profile, against a live single-node cluster (tests/slurm/start_cluster.sh; CI starts it) ---
+
+SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
+
+
+def _require_slurm() -> None:
+    up = shutil.which("sbatch") and subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+    if not up:
+        message = "no SLURM cluster is up: run tests/slurm/start_cluster.sh as root (CI does)"
+        if os.environ.get("DPMEDGEN_REQUIRE_SLURM"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.mark.integration
+def test_slurm_profile_reproduces_the_local_study(ci_study, tmp_path):
+    """`snakemake --profile slurm` on a live cluster: every job is a SLURM job (sbatch, then srun inside),
+    its state read with sacct, and the study's numbers are those of the local run (same seeds)."""
+    _require_slurm()
+    proc = _snakemake(tmp_path, *SLURM_PROFILE, "all", timeout=3000)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
+    assert len(submitted) >= len(runs(yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text()))) * 3
+    accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(submitted)],
+                               capture_output=True, text=True, timeout=60).stdout.split()
+    assert {line.split("|")[0] for line in accounted} == set(submitted)
+    assert {line.split("|")[1] for line in accounted} == {"COMPLETED"}
+
+    def numbers(workdir: Path) -> pd.DataFrame:
+        m = pd.read_parquet(workdir / "results-ci" / "metrics.parquet")
+        m = m[~m.metric.str.startswith("cost_")]  # wall time and memory differ between any two runs
+        return m.sort_values(["model", "privacy", "epsilon", "seed", "metric"]).reset_index(drop=True)
+
+    local, cluster = numbers(ci_study), numbers(tmp_path)
+    pd.testing.assert_frame_equal(local.drop(columns="value"), cluster.drop(columns="value"))
+    np.testing.assert_allclose(cluster.value.to_numpy(), local.value.to_numpy(), rtol=1e-6, atol=1e-9)
+    ledgers = [pd.read_parquet(w / "results-ci" / "privacy.parquet").drop(columns="ledger_path") for w in (ci_study, tmp_path)]
+    pd.testing.assert_frame_equal(*ledgers)
+    assert (tmp_path / "results-ci" / "figures" / "brain_phantom" / "privacy_utility.pdf").stat().st_size > 1000
+
+
+@pytest.mark.integration
+def test_a_failing_slurm_job_fails_the_workflow(tmp_path):
+    """A job that fails on the cluster ends the workflow with an error (after its retries), not a hang."""
+    _require_slurm()
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text('rule all:\n    output: "never.txt"\n    shell: "echo doomed >&2; exit 3"\n')
+    cmd = SNAKEMAKE + ["--snakefile", str(snakefile), "--directory", str(tmp_path), *SLURM_PROFILE, "--retries", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert len(re.findall(r"submitted with SLURM jobid", out)) == 2, out[-3000:]  # the job and its one retry
+    assert "Error in rule all" in out and not (tmp_path / "never.txt").exists()
