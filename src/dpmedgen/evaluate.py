@@ -27,7 +27,7 @@ from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, Labelled
 from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
-from dpmedgen.runs import RunSpec
+from dpmedgen.runs import REAL_DATA, RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,6 @@ def _labelled(images: ImageSet, modality: str) -> LabelledImages:
 
 
 #: `model` of the downstream reference rows: the classifier trained on the real training images.
-REAL_DATA = "real_data"
 #: The split the downstream classifier's epoch is chosen on (config check: never the evaluation split).
 SELECTION_SPLIT = "val"
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+#: `model` of the downstream classifier's reference rows (trained on the real training patients; not a model)
+REAL_DATA = "real_data"
+
 
 def format_epsilon(epsilon: float) -> str:
     """1.0 -> "1", 0.5 -> "0.5", inf -> "inf" (the spelling used in paths and wildcards)."""

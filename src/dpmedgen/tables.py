@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -36,9 +35,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key
+from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key, write_atomic
+from dpmedgen.runs import REAL_DATA
 
-REAL_DATA = "real_data"  # the downstream classifier trained on real data (a reference row, not a model)
 NON_PRIVATE = "none"
 METRIC_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
 PRIVACY_COLUMNS = ("dataset", "model", "privacy", "epsilon_target", "seed", "guarantee")
@@ -685,26 +684,6 @@ def to_html(
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to a temporary file in `path`'s directory, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_tables(
     metrics_parquet: str | os.PathLike,
     privacy_parquet: str | os.PathLike,
@@ -743,9 +722,4 @@ def write_tables(
         which, kind = key.split("_")
         kwargs = {"metric_info": info} if which == "main" else {}
         texts[path] = render[kind](tables[which], **kwargs)
-    written = []
-    for path, text in texts.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, text)
-        written.append(path)
-    return written
+    return [write_atomic(path, lambda fh, text=text: fh.write(text.encode("utf-8"))) for path, text in texts.items()]

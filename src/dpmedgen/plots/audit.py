@@ -35,7 +35,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-from .privacy_utility import _REF_DASHES
 from .style import (
     mean_ci95,
     model_label,
@@ -45,6 +44,7 @@ from .style import (
     privacy_dashes,
     privacy_label,
     privacy_sort_key,
+    reference_dashes,
     save_figure,
 )
 
@@ -289,7 +289,7 @@ def plot_privacy_audit(
     step = min(3.0, 18.0 / max(len(combos) - 1, 1))  # at most ±9 pt: a point still reads as its own ε
     dodge = {c: (i - (len(combos) - 1) / 2) * step for i, c in enumerate(combos)}
     ref_models = sorted(set(ref["model"]))
-    ref_dashes = {m: _REF_DASHES[i % len(_REF_DASHES)] for i, m in enumerate(ref_models)}
+    ref_dashes = {m: reference_dashes(i) for i, m in enumerate(ref_models)}
     none_color = privacy_color(NON_PRIVATE)
     n_seeds = int(placed.groupby(["model", "privacy", "epsilon"])["seed"].nunique().max()) if len(placed) else 0
 

@@ -13,6 +13,7 @@ from matplotlib import transforms
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
+from ..runs import REAL_DATA
 from .style import (
     model_label,
     mean_ci95,
@@ -22,13 +23,12 @@ from .style import (
     privacy_dashes,
     privacy_label,
     privacy_sort_key,
+    reference_dashes,
     save_figure,
 )
 
 REQUIRED_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
 NON_PRIVATE = "none"
-# dash patterns for the non-private reference of each model (all in the "none" colour)
-_REF_DASHES = [(4, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 1, 1, 1, 1, 1)]
 
 
 def _metric_order(names: Sequence[str], metric_info: Mapping[str, Any]) -> list[str]:
@@ -50,7 +50,7 @@ def _fmt_eps(e: float) -> str:
 
 def _reference_label(model: str) -> str:
     """Legend text of a model's dashed reference line (the downstream reference is real data, not a model)."""
-    if model == "real_data":
+    if model == REAL_DATA:
         return "classifier on real training data"
     return f"non-private ({model_label(model)})"
 
@@ -118,7 +118,7 @@ def plot_privacy_utility(
         raise ValueError(f"dataset {dataset!r} has no finite metric values to plot")
     models = sorted(df["model"].unique(), key=str)
     privacies = sorted(priv["privacy"].unique(), key=privacy_sort_key)
-    ref_models = sorted((m for m in models if m in set(ref["model"])), key=lambda m: (m == "real_data", m))  # reference last
+    ref_models = sorted((m for m in models if m in set(ref["model"])), key=lambda m: (m == REAL_DATA, m))  # reference last
     eps_values = sorted(priv["epsilon"].unique())
 
     n = len(metric_names)
@@ -150,7 +150,7 @@ def plot_privacy_utility(
             if len(vals) == 0:
                 continue
             mean, (lo, hi) = float(vals.mean()), mean_ci95(vals)
-            ax.axhline(mean, color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)], zorder=1.6)
+            ax.axhline(mean, color=none_color, lw=1.1, dashes=reference_dashes(i), zorder=1.6)
             if hi > lo:
                 ax.axhspan(lo, hi, color=none_color, alpha=0.10, lw=0, zorder=0.5)
             # the model's marker at the right edge says which dashed line belongs to which model
@@ -196,7 +196,7 @@ def plot_privacy_utility(
             if m in set(priv["model"])
         ],
         [
-            Line2D([], [], color=none_color, lw=1.1, dashes=_REF_DASHES[i % len(_REF_DASHES)],
+            Line2D([], [], color=none_color, lw=1.1, dashes=reference_dashes(i),
                    marker=model_marker(m), mfc="white", ms=5, label=_reference_label(m))
             for i, m in enumerate(ref_models)
         ],

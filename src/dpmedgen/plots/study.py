@@ -13,9 +13,7 @@ from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.plots.privacy_utility import plot_privacy_utility
 from dpmedgen.plots.samples import plot_sample_grid
 from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key
-from dpmedgen.runs import RunSpec
-
-REAL_DATA = "real_data"  # the downstream classifier's reference rows (dpmedgen.evaluate.REAL_DATA; no torch import here)
+from dpmedgen.runs import REAL_DATA, RunSpec
 
 
 def run_label(run: RunSpec) -> str:

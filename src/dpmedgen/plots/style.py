@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import BinaryIO, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -46,6 +46,8 @@ TECHNIQUE_LABELS: dict[str, str] = {
 NOISE_TYPES = ("gaussian", "laplace")
 # matplotlib dash patterns (on, off in points); "" = solid. DP-SGD's noise is Gaussian, so it is solid too.
 NOISE_DASHES: dict[str, tuple[float, ...] | str] = {"gaussian": "", "laplace": (4.0, 1.6)}
+# dash patterns of the non-private reference lines, one per model (all in the "none" grey)
+REFERENCE_DASHES: list[tuple[float, ...]] = [(4, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 1, 1, 1, 1, 1)]
 
 PRIVACY_LABELS: dict[str, str] = {
     "none": "non-private",
@@ -180,10 +182,34 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def reference_dashes(i: int) -> tuple[float, ...]:
+    """Dash pattern of the i-th non-private reference line (one per model, all grey, in every figure)."""
+    return REFERENCE_DASHES[i % len(REFERENCE_DASHES)]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Create `path` by calling ``write`` on a temporary file in its directory, then ``os.replace`` it in:
+    readers (and Snakemake) never see a half-written file, and a failed write leaves nothing behind.
+    Parent directories are created; the file gets the usual permissions (mkstemp makes 0600 files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def save_figure(fig: Figure, paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
@@ -199,18 +225,8 @@ def save_figure(fig: Figure, paths: Iterable[str | os.PathLike] | str | os.PathL
         fmt = p.suffix.lstrip(".").lower()
         if not fmt:
             raise ValueError(f"figure path {str(p)!r} has no suffix (.png, .pdf, ...)")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp.{fmt}", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=fmt, dpi=PNG_DPI, bbox_inches="tight", pad_inches=0.03)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        written.append(p)
+        written.append(write_atomic(p, lambda fh: fig.savefig(fh, format=fmt, dpi=PNG_DPI, bbox_inches="tight",
+                                                              pad_inches=0.03)))
     return written
 
 
@@ -219,8 +235,11 @@ __all__ = [
     "PRIVACY_COLORS",
     "TECHNIQUE_COLORS",
     "TECHNIQUE_LABELS",
+    "REFERENCE_DASHES",
     "mean_ci95",
     "privacy_dashes",
+    "reference_dashes",
+    "write_atomic",
     "privacy_noise",
     "privacy_technique",
     "PRIVACY_LABELS",
