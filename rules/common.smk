@@ -13,7 +13,10 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
-from dpmedgen.config import check_config, coerce_command_line_values, model_params, privacy_params, resources, runs, skipped_pairs, train_settings
+from dpmedgen.config import (
+    check_config, coerce_command_line_values, dataset_source, missing_modalities, model_params, privacy_params, resources,
+    runs, skipped_pairs, train_settings,
+)
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
@@ -25,6 +28,8 @@ check_config(config)
 
 for _model, _mode in skipped_pairs(config):
     logger.info(f"dpmedgen: privacy mode {_mode!r} does not apply to model {_model!r}; those runs are left out of the grid")
+for (_dataset, _model), _lacking in missing_modalities(config).items():
+    logger.info(f"dpmedgen: dataset {_dataset!r} has no modality {_lacking} that model {_model!r} needs; those runs are left out of the grid")
 
 RESULTS = config.get("results_dir", "results")
 RESOURCES = config.get("resources_dir", "resources")
@@ -98,13 +103,18 @@ def comparison_runs(wildcards):
                                     and r.seed == first_seed])
 
 
-def fusion_models():
-    return [m for m in config["models"] if model_kind(m) == "fusion"]
+def dataset_models(dataset):
+    """The models of the config that have runs on `dataset` (a fusion model needs the dataset's modalities)."""
+    return [m for m in config["models"] if any(r.dataset == dataset and r.model == m for r in RUNS)]
+
+
+def fusion_models(dataset):
+    return [m for m in dataset_models(dataset) if model_kind(m) == "fusion"]
 
 
 def fusion_modalities(dataset):
     """The (structural, functional) modalities of the dataset's fusion models (all must agree)."""
-    pairs = {tuple(model_params(config, m).get("modalities", MODELS.get(m).default_modalities)) for m in fusion_models()}
+    pairs = {tuple(model_params(config, m).get("modalities", MODELS.get(m).default_modalities)) for m in fusion_models(dataset)}
     if len(pairs) != 1:
         raise ValueError(f"config key models: fusion models fuse different modalities {sorted(pairs)}; use one pair")
     return list(pairs.pop())
@@ -128,8 +138,8 @@ def paper_targets():
     for d in config["datasets"]:
         targets += [f"{FIGURES}/{d}/privacy_utility.pdf", f"{FIGURES}/{d}/cost.pdf",
                     f"{TABLES}/main_{d}.tex", f"{TABLES}/privacy_{d}.tex"]
-        targets += [f"{FIGURES}/{d}/privacy_utility_{m}.pdf" for m in config["models"]]
-        targets += [f"{FIGURES}/{d}/comparison_{m}.pdf" for m in config["models"]]
+        targets += [f"{FIGURES}/{d}/privacy_utility_{m}.pdf" for m in dataset_models(d)]
+        targets += [f"{FIGURES}/{d}/comparison_{m}.pdf" for m in dataset_models(d)]
         if has_audit():
             targets.append(f"{FIGURES}/{d}/privacy_audit.pdf")
     return targets

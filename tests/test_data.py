@@ -60,7 +60,7 @@ def _toy_images(n_per_label: int = 10, seed: int = 0) -> ImageSet:
 
 def test_registry_has_brain_phantom():
     assert "brain_phantom" in DATASETS
-    assert DATASETS.get("brain_phantom") is make_brain_phantom
+    assert DATASETS.get("brain_phantom").modalities == ("mri", "pet")
 
 
 def test_phantom_shapes_dtypes_range(phantom):

@@ -71,9 +71,24 @@ def check_config(config: dict[str, Any]) -> None:
     from dpmedgen.models import MODELS
     from dpmedgen.privacy import PRIVACY_MODES
 
-    for name in config["datasets"]:
-        if name not in DATASETS:
-            raise ConfigError(f"config key datasets.{name}: unknown dataset; known: {DATASETS.names()}")
+    from dpmedgen.data.sources import DatasetError, make_source, resolve_remote_files
+
+    for name, entry in config["datasets"].items():
+        source = dataset_source(config, name)
+        key = f"datasets.{name}" + (".source" if "source" in entry else "")
+        if source not in DATASETS:
+            raise ConfigError(f"config key {key}: unknown dataset {source!r}; known: {DATASETS.names()}")
+        try:
+            adapter = make_source(source, entry.get("params"))
+        except DatasetError as err:
+            raise ConfigError(f"config key datasets.{name}.params: {err}") from None
+        try:
+            resolve_remote_files(adapter, entry.get("downloads"))
+        except DatasetError as err:
+            raise ConfigError(f"config key datasets.{name}.{err}") from None
+        if entry["modality"] not in adapter.modalities:
+            raise ConfigError(f"config key datasets.{name}.modality: dataset {source!r} has no modality {entry['modality']!r}; "
+                              f"it has {list(adapter.modalities)}")
     for name in config["models"]:
         if name not in MODELS:
             raise ConfigError(f"config key models.{name}: unknown model; known: {MODELS.names()}")
@@ -88,8 +103,14 @@ def check_config(config: dict[str, Any]) -> None:
     for name in config["privacy"]["modes"]:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
-    if not runs(config):
+    grid = runs(config)
+    if not grid:
         raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
+    for name in config["datasets"]:
+        if not any(r.dataset == name for r in grid):
+            lacking = {m: x for (d, m), x in missing_modalities(config).items() if d == name}
+            raise ConfigError(f"config key datasets.{name}: no model of the study can train on it (the models lack "
+                              f"modalities {lacking}; it has {list(dataset_modalities(config, name))})")
     for name, params in config["privacy"].items():
         if name in ("modes", "epsilons", "delta"):
             continue
@@ -169,11 +190,46 @@ def runs(config: dict[str, Any]) -> list[RunSpec]:
             privacy.append((mode, math.inf))
         else:
             privacy.extend((mode, float(eps)) for eps in config["privacy"]["epsilons"])
+    missing = set(missing_modalities(config))
     return [
         RunSpec(dataset=d, model=m, privacy=p, epsilon=e, seed=int(s))
         for d, m, (p, e), s in itertools.product(config["datasets"], config["models"], privacy, config["seeds"])
-        if MODELS.get(m).kind in PRIVACY_MODES.get(p).supported_kinds
+        if MODELS.get(m).kind in PRIVACY_MODES.get(p).supported_kinds and (d, m) not in missing
     ]
+
+
+def dataset_source(config: dict[str, Any], dataset: str) -> str:
+    """The adapter of `datasets.<dataset>`: its `source` key, else the entry's own name."""
+    return config["datasets"][dataset].get("source", dataset)
+
+
+def dataset_modalities(config: dict[str, Any], dataset: str) -> tuple[str, ...]:
+    """The modalities the dataset's adapter writes (its class attribute `modalities`)."""
+    from dpmedgen.data import DATASETS
+
+    return tuple(DATASETS.get(dataset_source(config, dataset)).modalities)
+
+
+def missing_modalities(config: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    """(dataset, model) -> the modalities a multi-modality (fusion) model needs that the dataset lacks.
+
+    `runs` leaves those pairs out of the grid (e.g. DDcGAN's MRI-PET fusion on a chest X-ray set), so one
+    study can hold single- and multi-modality datasets."""
+    out = {}
+    for d in config["datasets"]:
+        have = set(dataset_modalities(config, d))
+        for m in config["models"]:
+            need = model_params(config, m).get("modalities") or getattr(_model_class(m), "default_modalities", ())
+            lacking = [x for x in need if x not in have]
+            if lacking:
+                out[(d, m)] = lacking
+    return out
+
+
+def _model_class(name: str):
+    from dpmedgen.models import MODELS
+
+    return MODELS.get(name)
 
 
 def skipped_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:

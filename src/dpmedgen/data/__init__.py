@@ -1,7 +1,8 @@
 """Datasets, the common image schema, preprocessing and patient-level splits.
 
-``DATASETS`` maps a dataset name (as used in the workflow config) to a callable ``(**params) ->
-ImageSet`` that builds the raw cohort; ``brain_phantom`` is the embedded default.
+``DATASETS`` maps a dataset adapter's name (``datasets.<name>`` in the workflow config, or its ``source``
+key) to a :class:`~dpmedgen.data.sources.DatasetSource` subclass (:mod:`dpmedgen.data.sources`): what to
+download and how to read it into the common schema. ``brain_phantom`` is the embedded default.
 """
 
 from dpmedgen.data.phantom import make_brain_phantom
@@ -16,10 +17,11 @@ from dpmedgen.data.split import (
     split_patients,
     write_splits,
 )
+from dpmedgen.data.sources.brain_phantom import BrainPhantom
 from dpmedgen.registry import Registry
 
 DATASETS = Registry("dataset")
-DATASETS.register("brain_phantom")(make_brain_phantom)
+DATASETS.register("brain_phantom")(BrainPhantom)
 
 __all__ = [
     "DATASETS",

@@ -5,15 +5,25 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dpmedgen.data import DATASETS
 from dpmedgen.data.canary import choose_canary_patients
 from dpmedgen.data.preprocess import preprocess
 from dpmedgen.data.schema import read_image_set, write_image_set
+from dpmedgen.data.sources import build_dataset
 from dpmedgen.data.split import split_patients, write_splits
 
 
-def materialize_dataset(name: str, params: dict[str, Any], out_h5: str | os.PathLike) -> None:
-    write_image_set(out_h5, DATASETS.get(name)(**params))
+def materialize_dataset(
+    source: str,
+    params: dict[str, Any],
+    out_h5: str | os.PathLike,
+    download_dir: str | os.PathLike,
+    downloads: dict[str, dict[str, str]] | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Download (if needed) and read dataset adapter `source` into `out_h5`, named `dataset` (default: `source`)."""
+    images = build_dataset(source, params, download_dir, downloads)
+    images.dataset = dataset or source
+    write_image_set(out_h5, images)
 
 
 def preprocess_file(in_h5: str | os.PathLike, out_h5: str | os.PathLike, size: int) -> None:
