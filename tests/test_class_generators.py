@@ -185,3 +185,23 @@ def test_compose_parallel_takes_the_worst_class_and_drops_bounds_not_every_class
     assert none["guarantee"] == "none" and none["epsilon"] == math.inf
     with pytest.raises(LedgerError, match="different units"):
         compose_parallel({0: _ledger(1.0), 1: _ledger(1.0, unit="image")})
+
+
+def test_an_unlabelled_dataset_trains_one_generator_and_has_no_downstream_reference(tmp_path):
+    """Sets without class labels (all -1, e.g. the fusion pair sets) ignore class_generators instead of failing."""
+    from dpmedgen.data.schema import ImageSet, write_image_set
+    from dpmedgen.data.split import split_patients, write_splits
+    from dpmedgen.evaluate import downstream_reference
+
+    images = ImageSet(
+        modalities={"mri": np.random.default_rng(0).random((12, 32, 32), dtype=np.float32)},
+        patient_id=[f"pair_{i}" for i in range(12)], slice=np.zeros(12), label=np.full(12, -1), dataset="pairs",
+    )
+    write_image_set(tmp_path / "images.h5", images)
+    write_splits(split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0), tmp_path / "splits.parquet")
+    ledger = _train(tmp_path, tmp_path / "run", RunSpec("pairs", "dcgan", "dpsgd", 2.0, 0))
+    assert "class_generators" not in ledger and ledger["n_train_patients"] == 6 and ledger["epsilon"] <= 2.0
+    assert "state_dict" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    rows = downstream_reference(dataset="pairs", images_h5=tmp_path / "images.h5", splits_parquet=tmp_path / "splits.parquet",
+                                modality="mri", seed=0, out_parquet=tmp_path / "reference.parquet")
+    assert rows.empty and list(rows.columns)[:2] == ["dataset", "model"]

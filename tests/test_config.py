@@ -77,6 +77,16 @@ def test_schema_errors_name_the_key(config, mutate, key):
         (lambda c: c["evaluate"].update(inception_weights="/nonexistent/inception.pt"),
          "evaluate.inception_weights: no file /nonexistent/inception.pt"),
         (lambda c: c["plot"].update(privacy_utility_metrics=["fid"]), "plot.privacy_utility_metrics: unknown metric 'fid'"),
+        (lambda c: c["datasets"]["brain_phantom"]["params"].update(n_subjects=3),
+         "datasets.brain_phantom.params: 'n_subjects' is not a parameter of dataset 'brain_phantom'"),
+        (lambda c: c["datasets"].update(mine={"modality": "mri", "source": "oasis_3"}), "datasets.mine.source: unknown dataset 'oasis_3'"),
+        (lambda c: c["datasets"].update(nih={"modality": "xray"}), "datasets.nih: unknown dataset 'nih'"),
+        (lambda c: c["datasets"]["brain_phantom"].update(modality="ct"),
+         r"datasets.brain_phantom.modality: dataset 'brain_phantom' has no modality 'ct'; it has \['mri', 'pet'\]"),
+        (lambda c: c["datasets"]["brain_phantom"].update(downloads={"x.zip": {"url": "http://127.0.0.1/x.zip"}}),
+         "datasets.brain_phantom.downloads.x.zip: the dataset has no file 'x.zip'"),
+        (lambda c: c.update(models={"ddcgan": {"modalities": ["mri", "ct"]}}),
+         r"datasets.brain_phantom: no model of the study can train on it \(the models lack modalities {'ddcgan': \['ct'\]}"),
     ],
 )
 def test_semantic_errors_name_the_key(config, mutate, message):

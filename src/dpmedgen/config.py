@@ -104,13 +104,13 @@ def check_config(config: dict[str, Any]) -> None:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
     grid = runs(config)
-    if not grid:
-        raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name in config["datasets"]:
-        if not any(r.dataset == name for r in grid):
-            lacking = {m: x for (d, m), x in missing_modalities(config).items() if d == name}
+        lacking = {m: x for (d, m), x in missing_modalities(config).items() if d == name}
+        if lacking and not any(r.dataset == name for r in grid):
             raise ConfigError(f"config key datasets.{name}: no model of the study can train on it (the models lack "
                               f"modalities {lacking}; it has {list(dataset_modalities(config, name))})")
+    if not grid:
+        raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name, params in config["privacy"].items():
         if name in ("modes", "epsilons", "delta"):
             continue

@@ -150,7 +150,7 @@ def evaluate_run(
         inputs["inception_weights"] = os.fspath(inception_weights)
     if fake_modality != FUSED and len(fake.label) and (fake.label >= 0).all():  # one generator per class
         inputs["fake_labels"] = fake.label
-    if "downstream" in metrics:
+    if "downstream" in metrics and (everyone.label >= 0).all():  # a set without class labels has nothing to classify
         inputs["labelled_real"] = LabelledSplits(
             val=_labelled(select_split(everyone, splits, SELECTION_SPLIT), modality),
             test=_labelled(real, modality),
@@ -210,13 +210,18 @@ def downstream_reference(
     torch.set_num_threads(threads)
     everyone = read_image_set(images_h5, modalities=[modality])
     splits = read_splits(splits_parquet)
-    train, val, test = (_labelled(select_split(everyone, splits, s), modality) for s in ("train", SELECTION_SPLIT, split))
-    values = downstream_utility(train, val, test, seed=seed, epochs=epochs)
+    if (everyone.label < 0).all():  # e.g. the fusion pair sets: nothing to classify
+        logger.info("%s: no class labels (all -1); the downstream family has no reference and is skipped", dataset)
+        values, n_test, n_train = {}, 0, 0
+    else:
+        train, val, test = (_labelled(select_split(everyone, splits, s), modality) for s in ("train", SELECTION_SPLIT, split))
+        values, n_test, n_train = downstream_utility(train, val, test, seed=seed, epochs=epochs), len(test.labels), len(train.labels)
     run = {"dataset": dataset, "model": REAL_DATA, "privacy": "none", "epsilon": math.inf, "seed": int(seed)}
     rows = pd.DataFrame(
         [run | {"metric": name, "value": float(v), "reference": _reference("downstream", split) + " (trained on real train patients)",
-                "n_real": len(test.labels), "n_fake": len(train.labels)}
-         for name, v in values.items()]
+                "n_real": n_test, "n_fake": n_train}
+         for name, v in values.items()],
+        columns=[*run, "metric", "value", "reference", "n_real", "n_fake"],
     )
     _write_parquet(rows, out_parquet)
     return rows

@@ -18,10 +18,23 @@ from dpmedgen.data.split import (
     write_splits,
 )
 from dpmedgen.data.sources.brain_phantom import BrainPhantom
+from dpmedgen.data.sources.chestxray14 import ChestXray14
+from dpmedgen.data.sources.fusion_pairs import IRVIS, MRIPET
+from dpmedgen.data.sources.isic import ISIC
+from dpmedgen.data.sources.medmnist import MedMNIST
+from dpmedgen.data.sources.oai_knee import OAIKnee
+from dpmedgen.data.sources.oasis1 import OASIS1
 from dpmedgen.registry import Registry
 
 DATASETS = Registry("dataset")
 DATASETS.register("brain_phantom")(BrainPhantom)
+DATASETS.register("oai_knee")(OAIKnee)
+DATASETS.register("mripet")(MRIPET)
+DATASETS.register("irvis")(IRVIS)
+DATASETS.register("medmnist")(MedMNIST)
+DATASETS.register("chestxray14")(ChestXray14)
+DATASETS.register("isic")(ISIC)
+DATASETS.register("oasis1")(OASIS1)
 
 __all__ = [
     "DATASETS",

@@ -85,6 +85,15 @@ def _record(folder: Path, remote: RemoteFile, sha256: str, size: int) -> None:
     os.replace(tmp, folder / LEDGER)
 
 
+def forget(folder: Path, name: str) -> None:
+    """Drop the recorded first-use checksum of `name` (if any) from the folder's ledger."""
+    ledger = _read_ledger(folder)
+    if ledger.pop(name, None) is not None:
+        tmp = folder / f".{LEDGER}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, folder / LEDGER)
+
+
 def expected_digest(folder: Path, remote: RemoteFile) -> tuple[str, str, str] | None:
     """(algorithm, hex digest, where it comes from) the file must match, or None on first download."""
     if remote.sha256:
@@ -283,8 +292,10 @@ def unpack(archive: str | os.PathLike, remote: RemoteFile | None = None) -> Path
                 t.extractall(tmp, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, tarfile.FilterError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        archive.unlink(missing_ok=True)
+        forget(archive.parent, archive.name)  # a checksum recorded at first use was that of the corrupt file
         raise DownloadError(
-            f"{archive}: truncated or corrupt archive ({err.__class__.__name__}: {err}). Delete {archive} and rerun "
+            f"{archive}: truncated or corrupt archive ({err.__class__.__name__}: {err}). It was removed; rerun "
             "to download it again."
         ) from None
     except BaseException:

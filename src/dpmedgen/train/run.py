@@ -158,7 +158,10 @@ def train_run(
         )
         return rows, resume
 
-    if not (cfg.class_generators and model.kind != "fusion"):
+    unlabelled = data.labels is None or bool((data.labels < 0).all())
+    if cfg.class_generators and model.kind != "fusion" and unlabelled:
+        log.info("%s: the dataset has no class labels; train.class_generators is ignored (one generator)", run.name)
+    if not (cfg.class_generators and model.kind != "fusion" and not unlabelled):
         rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
         # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
         record = privacy.ledger() | identity | sizes

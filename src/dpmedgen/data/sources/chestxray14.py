@@ -81,14 +81,17 @@ CSV_URL = "https://huggingface.co/datasets/alkzar90/NIH-Chest-X-ray-dataset/reso
 COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID")
 
 
-def _int_param(name: str, value, minimum: int) -> int:
+def int_param(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise DatasetError(f"datasets param {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def load_gray(path: Path, size: int) -> np.ndarray:
-    """One image as float32 (size, size) in [0, 1]: grayscale, dtype range, centre square crop, resized."""
+def load_gray(path: Path, size: int, unpacked: Path) -> np.ndarray:
+    """One image as float32 (size, size) in [0, 1]: grayscale, dtype range, centre square crop, resized.
+
+    `unpacked` is the archive folder holding it, named in the error when the image cannot be read.
+    """
     try:
         with Image.open(path) as img:
             img.draft("L", (size, size))  # JPEG only: decode at a reduced scale (still >= size)
@@ -97,8 +100,8 @@ def load_gray(path: Path, size: int) -> np.ndarray:
             else:
                 arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DatasetError(f"{path}: unreadable image ({err}); delete the folder holding it and rerun to unpack its "
-                           "archive again") from None
+        raise DatasetError(f"{path}: unreadable image ({err}); delete {unpacked} and rerun to unpack it again (and "
+                           "delete its archive too if the error comes back)") from None
     h, w = arr.shape
     s = min(h, w)
     arr = arr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
@@ -145,10 +148,10 @@ class ChestXray14(DatasetSource):
         if positive == negative:
             raise DatasetError(f"datasets params positive and negative must differ, both are {positive!r}")
         self.positive, self.negative = positive, negative
-        self.n_per_class = _int_param("n_per_class", n_per_class, 1)
-        self.max_per_patient = _int_param("max_per_patient", max_per_patient, 1)
-        self.seed = _int_param("seed", seed, 0)
-        self.max_size = _int_param("max_size", max_size, 8)
+        self.n_per_class = int_param("n_per_class", n_per_class, 1)
+        self.max_per_patient = int_param("max_per_patient", max_per_patient, 1)
+        self.seed = int_param("seed", seed, 0)
+        self.max_size = int_param("max_size", max_size, 8)
         archives = [archives] if isinstance(archives, (int, np.integer)) and not isinstance(archives, bool) else archives
         if not isinstance(archives, (list, tuple)) or not archives or any(
                 isinstance(a, bool) or a not in ARCHIVES for a in archives):
@@ -165,7 +168,7 @@ class ChestXray14(DatasetSource):
     def _table(self, folder: Path) -> pd.DataFrame:
         path = folder / CSV_NAME
         if not path.is_file():
-            raise DatasetError(f"{path} is missing; delete {folder} and rerun to download it again")
+            raise DatasetError(f"{path} is missing; rerun to download it again")
         try:
             df = pd.read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
             missing = [c for c in COLUMNS if c not in df.columns]
@@ -181,17 +184,18 @@ class ChestXray14(DatasetSource):
     def read(self, folder: Path) -> ImageSet:
         folder = Path(folder)
         df = self._table(folder)
-        files = {}
+        files, owner = {}, {}  # image name -> path, and -> the archive folder holding it
         for k in self.archives:
             remote = self._archive(k)
             where = unpacked_dir(folder, remote)
             if not where.is_dir():
-                raise DatasetError(f"{where} is missing ({remote.name} not unpacked); delete {folder / remote.name} and "
-                                   "rerun to download and unpack it again")
+                raise DatasetError(f"{where} is missing ({remote.name} not unpacked); rerun to unpack it again "
+                                   f"(delete {folder / remote.name} too if the error comes back)")
             found = {p.name: p for p in where.rglob("*.png")}
             if not found:
                 raise DatasetError(f"{where} holds no PNG image; delete it and {folder / remote.name} and rerun")
             files.update(found)
+            owner.update(dict.fromkeys(found, where))
 
         findings = df["Finding Labels"].str.split("|").map(set)
         pos = findings.map(lambda f: self.positive in f).to_numpy()
@@ -199,7 +203,7 @@ class ChestXray14(DatasetSource):
         image_class = np.where(pos & ~neg, 1, np.where(neg & ~pos, 0, -1))
         positive_patients = set(df["Patient ID"][pos])
         patient_class = np.where(df["Patient ID"].isin(positive_patients), 1, 0)
-        keep = (image_class == patient_class) & df["Image Index"].isin(files).to_numpy()
+        keep = (image_class == patient_class) & df["Image Index"].isin(set(files)).to_numpy()
         candidates: dict[int, dict[str, list]] = {0: {}, 1: {}}
         sub = df[keep].assign(label=patient_class[keep]).sort_values(["Patient ID", "Follow-up #", "Image Index"])
         for name, follow_up, patient, label in zip(sub["Image Index"], sub["Follow-up #"], sub["Patient ID"], sub["label"]):
@@ -214,7 +218,8 @@ class ChestXray14(DatasetSource):
                           f"(n_per_class={self.n_per_class}); taking {n} per class", stacklevel=2)
         rows = sorted((pid, follow_up, name, c) for c in chosen for pid, items in chosen[c].items()
                       for follow_up, name in items)
-        images = np.stack([load_gray(files[name], self.max_size) for _, _, name, _ in tqdm(rows, desc="chestxray14")])
+        images = np.stack([load_gray(files[name], self.max_size, unpacked=owner[name])
+                           for _, _, name, _ in tqdm(rows, desc="chestxray14")])
         return ImageSet(
             modalities={"xray": images},
             patient_id=np.array([r[0] for r in rows]),

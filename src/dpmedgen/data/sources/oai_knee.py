@@ -47,6 +47,7 @@ resized to ``max_size`` x ``max_size`` (skimage, anti-aliased; OAI MR slices are
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -78,7 +79,8 @@ HOW_TO = (
 
 
 def _int_param(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"an integer in {low}..{high}"
         raise DatasetError(f"datasets param {name} must be {bound}, got {value!r}")
     return int(value)
@@ -96,14 +98,14 @@ class OAIKnee(DatasetSource):
     license = "OAI data use terms (NIMH Data Archive): registration required, research use, no redistribution"
     manual = True
 
-    def __init__(self, root: str | None = None, series: str = "SAG_IW_TSE_RIGHT",
+    def __init__(self, root: str | os.PathLike | None = None, series: str = "SAG_IW_TSE_RIGHT",
                  labels_file: str = "kxr_sq_bu00.txt", kl_threshold: int = 2,
                  slices_per_knee: int = 8, max_size: int = 256) -> None:
         if series not in SERIES:
             raise DatasetError(f"datasets param series must be one of {list(SERIES)}, got {series!r}")
         if not isinstance(labels_file, str) or not labels_file:
             raise DatasetError(f"datasets param labels_file must be a file path, got {labels_file!r}")
-        if not isinstance(root, str) or not root:
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
             raise DatasetError(f"datasets param root is required (the folder you downloaded the OAI data into), "
                                f"got {root!r}. " + HOW_TO.format(series=series, labels_file=labels_file))
         self.root = Path(root).expanduser()
@@ -118,6 +120,7 @@ class OAIKnee(DatasetSource):
         return DatasetError(f"{NAME}: {what}. " + HOW_TO.format(series=self.series, labels_file=self.labels_file))
 
     def read(self, folder: Path) -> ImageSet:
+        """The cohort from the user's ``root`` (``folder``, the empty download folder, is not used)."""
         from tqdm import tqdm
 
         visit = self._visit_dir()
@@ -176,13 +179,14 @@ class OAIKnee(DatasetSource):
         path = visit / CONTENTS
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                rows, columns = list(reader), reader.fieldnames or []
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise DatasetError(f"{path}: cannot read it ({err}); unpack the 00m image release again") from err
-        missing = [c for c in CONTENTS_COLUMNS if not rows or c not in rows[0]]
+        missing = [c for c in CONTENTS_COLUMNS if c not in columns]
         if missing:
-            raise DatasetError(f"{path}: no column {missing} (has {list(rows[0]) if rows else 'no rows'}); "
-                               "it is not the OAI image release index: unpack the 00m image release again")
+            raise DatasetError(f"{path}: no column {missing} (has {columns}); it is not the OAI image "
+                               "release index: unpack the 00m image release again")
         out: dict[str, str] = {}
         for row in sorted(rows, key=lambda r: (r["Folder"] or "")):
             if (row["SeriesDescription"] or "").strip() == self.series:
@@ -207,13 +211,14 @@ class OAIKnee(DatasetSource):
             raise self._fail(f"KL grade file {path} not found")
         try:
             with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-                rows = list(csv.DictReader(f, delimiter="|"))
+                reader = csv.DictReader(f, delimiter="|")
+                rows, columns = list(reader), reader.fieldnames or []
         except (OSError, csv.Error) as err:
             raise DatasetError(f"{path}: cannot read it ({err}); download kxr_sq_bu00.txt again") from err
-        missing = [c for c in KL_COLUMNS if not rows or c not in rows[0]]
+        missing = [c for c in KL_COLUMNS if c not in columns]
         if missing:
-            raise DatasetError(f"{path}: no column {missing} (has {list(rows[0]) if rows else 'no rows'}); it "
-                               "must be the '|'-separated baseline X-ray reading kxr_sq_bu00.txt: download it again")
+            raise DatasetError(f"{path}: no column {missing} (has {columns}); it must be the '|'-separated "
+                               "baseline X-ray reading kxr_sq_bu00.txt: download it again")
         best: dict[str, tuple[int, int | None]] = {}
         for row in rows:
             if _code(row["SIDE"]) != self.side:
@@ -241,7 +246,8 @@ class OAIKnee(DatasetSource):
             try:
                 ds = pydicom.dcmread(p, stop_before_pixels=True)
             except Exception as err:
-                raise DatasetError(f"{p}: not a readable DICOM file ({err}); unpack the OAI 00m image package again") from err
+                raise DatasetError(f"{p}: not a readable DICOM file ({err}); "
+                                   "unpack the OAI 00m image package again") from err
             number = ds.get("InstanceNumber")
             order.append((int(number) if number not in (None, "") else 10**9, p.name, p))
         order.sort()
@@ -251,7 +257,8 @@ class OAIKnee(DatasetSource):
             try:
                 image = pydicom.dcmread(p).pixel_array.astype(np.float32)
             except Exception as err:
-                raise DatasetError(f"{p}: cannot decode its pixels ({err}); unpack the OAI 00m image package again") from err
+                raise DatasetError(f"{p}: cannot decode its pixels ({err}); "
+                                   "unpack the OAI 00m image package again") from err
             if image.ndim != 2:
                 raise DatasetError(f"{p}: expected one 2-D slice per file, got pixel shape {image.shape}")
             image = np.clip(image, 0, None)
