@@ -144,3 +144,18 @@ def test_paper_grid():
     # functional applies to the unconditional GANs only: 1 + 6 x 6 runs for them, 1 + 5 x 6 for the others
     assert {m: len(v) for m, v in per_seed.items()} == {"dcgan": 37, "sngan": 37, "ddcgan": 31, "ddpm": 31}
     assert len(grid) == 5 * (37 + 37 + 31 + 31)
+
+
+def test_conda_env_has_every_library_dependency():
+    """envs/dpmedgen.yaml (jobs under `--sdm conda`) lists what pyproject.toml installs, except what only the
+    Snakemake process itself needs."""
+    import tomllib
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
+
+    project = {name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    env = yaml.safe_load((ROOT / "envs" / "dpmedgen.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {name(r) for r in pip if not r.startswith("--")}
+    assert project - {"snakemake", "snakemake-executor-plugin-slurm", "jsonschema"} <= listed

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from dpmedgen.data.schema import ImageSet
 
 
@@ -85,6 +87,17 @@ class DatasetSource:
     def read(self, folder: Path) -> ImageSet:
         """The cohort from the download folder (archives already unpacked into their sub-folders)."""
         raise NotImplementedError
+
+
+def int_param(name: str, value, minimum: int, maximum: int | None = None, allow_none: bool = False) -> int | None:
+    """`value` as an int if it is an integer in [minimum, maximum] (or None when allowed); else a DatasetError naming `name`."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        what = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
+        raise DatasetError(f"datasets param {name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 def unpacked_dir(folder: Path, remote: RemoteFile) -> Path:

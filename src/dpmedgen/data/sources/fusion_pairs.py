@@ -54,19 +54,12 @@ import numpy as np
 from skimage.transform import resize
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param
 
 DDCGAN_HOMEPAGE = "https://github.com/hanna-xu/DDcGAN"
 DATA_KEY = "data"
 BLOCK = 1024  # rows read from the HDF5 file at a time
 
-
-def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        what = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise DatasetError(f"datasets param {name} must be {what}, got {value!r}")
 
 
 class FusionPairs(DatasetSource):
@@ -78,9 +71,9 @@ class FusionPairs(DatasetSource):
     manual = False
 
     def __init__(self, max_pairs: int | None = 5000, seed: int = 0, max_size: int = 256) -> None:
-        _check_int("max_pairs", max_pairs, 1, allow_none=True)
-        _check_int("seed", seed, 0)
-        _check_int("max_size", max_size, 8)
+        int_param("max_pairs", max_pairs, 1, allow_none=True)
+        int_param("seed", seed, 0)
+        int_param("max_size", max_size, 8)
         self.max_pairs, self.seed, self.max_size = max_pairs, int(seed), int(max_size)
 
     @property

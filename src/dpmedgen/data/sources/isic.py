@@ -40,8 +40,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, unpacked_dir
-from dpmedgen.data.sources.chestxray14 import balanced_selection, int_param, load_gray
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param, unpacked_dir
+from dpmedgen.data.sources.image_files import balanced_selection, load_gray
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2020/"
 # The official ISIC 2020 download table (challenge.isic-archive.com/data) links these files; no checksums are

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, int_param
 
 NAME = "oai_knee"
 VISIT = "00m"
@@ -77,13 +77,6 @@ HOW_TO = (
     "datasets.oai_knee.params.root to <root>."
 )
 
-
-def _int_param(name: str, value, low: int, high: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"an integer in {low}..{high}"
-        raise DatasetError(f"datasets param {name} must be {bound}, got {value!r}")
-    return int(value)
 
 
 def _code(value: str) -> int | None:
@@ -112,9 +105,9 @@ class OAIKnee(DatasetSource):
         self.series = series
         self.side = SIDES[series.rsplit("_", 1)[1]]
         self.labels_file = labels_file
-        self.kl_threshold = _int_param("kl_threshold", kl_threshold, 1, 4)
-        self.slices_per_knee = _int_param("slices_per_knee", slices_per_knee, 1)
-        self.max_size = _int_param("max_size", max_size, 8)
+        self.kl_threshold = int_param("kl_threshold", kl_threshold, 1, 4)
+        self.slices_per_knee = int_param("slices_per_knee", slices_per_knee, 1)
+        self.max_size = int_param("max_size", max_size, 8)
 
     def _fail(self, what: str) -> DatasetError:
         return DatasetError(f"{NAME}: {what}. " + HOW_TO.format(series=self.series, labels_file=self.labels_file))

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, unpacked_dir
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param, unpacked_dir
 
 NAME = "oasis1"
 N_DISCS = 12
@@ -83,11 +83,6 @@ PERCENTILE = 99.5
 def disc_file(d: int) -> RemoteFile:
     return RemoteFile(name=f"oasis_cross-sectional_disc{d}.tar.gz", url=DISC_URL.format(d=d), unpack=True)
 
-
-def _int_param(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DatasetError(f"datasets param {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _redo(path: Path) -> str:
@@ -115,7 +110,7 @@ class OASIS1(DatasetSource):
         if len(set(discs)) != len(discs):
             raise DatasetError(f"datasets param discs lists a disc twice: {discs!r}")
         self.discs = sorted(int(d) for d in discs)
-        self.slices_per_subject = _int_param("slices_per_subject", slices_per_subject, 1)
+        self.slices_per_subject = int_param("slices_per_subject", slices_per_subject, 1)
         if (not isinstance(slice_band, (list, tuple)) or len(slice_band) != 2
                 or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in slice_band)
                 or not 0.0 <= slice_band[0] < slice_band[1] <= 1.0):
@@ -125,7 +120,7 @@ class OASIS1(DatasetSource):
         if label not in LABELS:
             raise DatasetError(f"datasets param label must be one of {list(LABELS)}, got {label!r}")
         self.label = label
-        self.max_size = _int_param("max_size", max_size, 8)
+        self.max_size = int_param("max_size", max_size, 8)
 
     def remote_files(self) -> list[RemoteFile]:
         return [disc_file(d) for d in self.discs] + [RemoteFile(name=TABLE, url=TABLE_URL)]
