@@ -125,6 +125,23 @@ def test_google_drive_confirm_step(tmp_path, flow):
     assert len(srv.requests) == 2  # the warning page, then the file
 
 
+def test_an_html_page_instead_of_the_file_is_refused_and_nothing_is_recorded(tmp_path):
+    with serve({"table.csv": b"x"}) as srv:
+        srv.behaviour["table.csv"] = "gdrive"  # answers with an HTML page, but the URL is not a Drive link
+        with pytest.raises(DownloadError, match="HTML page instead of the file"):
+            fetch(RemoteFile("table.csv", srv.url("table.csv")), tmp_path, progress=False)
+    assert not (tmp_path / "checksums.json").exists() and not (tmp_path / "table.csv").exists()
+
+
+def test_a_second_drive_warning_page_fails_instead_of_being_saved(tmp_path):
+    with serve({"big.h5": PAYLOAD}) as srv:
+        srv.behaviour["big.h5"] = "gdrive_loop"
+        remote = RemoteFile("big.h5", srv.url("big.h5") + "?export=download", google_drive=True)
+        with pytest.raises(DownloadError, match="no download link"):
+            fetch(remote, tmp_path, progress=False)
+    assert not (tmp_path / "big.h5").exists() and not (tmp_path / "checksums.json").exists()
+
+
 def test_google_drive_urls_are_recognised_and_a_page_without_link_fails():
     assert RemoteFile("x.h5", "https://drive.google.com/uc?export=download&id=abc").google_drive
     assert not RemoteFile("x.h5", "https://example.org/x.h5").google_drive

@@ -8,6 +8,7 @@ path (no leading slash) to bytes or to a file path. Behaviours per path (``serve
 - ``"ignore_range"``: answer every request with the whole file (200), as some servers do;
 - ``"gdrive"``: Google Drive's large-file flow: without ``confirm`` in the query, answer with the HTML
   "can't scan this file for viruses" page whose form leads to ``/download?id=...&confirm=t&uuid=...``;
+- ``"gdrive_loop"``: as ``"gdrive"``, but the form's target answers with the warning page again (quota);
 - ``"gdrive_cookie"``: the older flow: a ``download_warning_*`` cookie and a page without a form.
 """
 
@@ -54,11 +55,13 @@ class LocalServer:
                     name = query.get("id", [""])[0]
                     if query.get("confirm") != ["t"]:
                         return self.send_error(403)
+                    if server.behaviour.get(name) == "gdrive_loop":
+                        return self._send_html(DRIVE_PAGE.format(id=name))
                     return self._send_file(name, ignore_range=False)
                 behaviour = server.behaviour.get(name)
                 if name not in server.files:
                     return self.send_error(404)
-                if behaviour == "gdrive" and "confirm" not in query:
+                if behaviour in ("gdrive", "gdrive_loop") and "confirm" not in query:
                     return self._send_html(DRIVE_PAGE.format(id=name))
                 if behaviour == "gdrive_cookie":
                     if query.get("confirm") != ["XyZ12"] or "download_warning_1_abc=XyZ12" not in (self.headers.get("Cookie") or ""):

@@ -74,24 +74,30 @@ def _read_ledger(folder: Path) -> dict:
         raise DownloadError(f"{path}: not valid JSON ({err}); fix or delete it (its recorded checksums are then lost)") from None
 
 
+def _update_ledger(folder: Path, name: str, entry: dict | None) -> None:
+    """Set (or with None, drop) the ledger entry of `name`: read-modify-write under the folder's lock, atomic."""
+    with _locked(folder / f".{LEDGER}.lock"):
+        ledger = _read_ledger(folder)
+        if entry is None and ledger.pop(name, None) is None:
+            return
+        if entry is not None:
+            ledger[name] = entry
+        tmp = folder / f".{LEDGER}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, folder / LEDGER)
+
+
 def _record(folder: Path, remote: RemoteFile, sha256: str, size: int) -> None:
-    ledger = _read_ledger(folder)
-    ledger[remote.name] = {
+    _update_ledger(folder, remote.name, {
         "sha256": sha256, "size": size, "url": remote.url,
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    tmp = folder / f".{LEDGER}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / LEDGER)
+    })
 
 
 def forget(folder: Path, name: str) -> None:
     """Drop the recorded first-use checksum of `name` (if any) from the folder's ledger."""
-    ledger = _read_ledger(folder)
-    if ledger.pop(name, None) is not None:
-        tmp = folder / f".{LEDGER}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / LEDGER)
+    if (folder / LEDGER).exists():
+        _update_ledger(folder, name, None)
 
 
 def expected_digest(folder: Path, remote: RemoteFile) -> tuple[str, str, str] | None:
@@ -162,7 +168,11 @@ def google_drive_confirm_url(page: str, page_url: str, cookies: dict[str, str]) 
     return None
 
 
-def _open(session: requests.Session, url: str, remote: RemoteFile, offset: int) -> requests.Response:
+def _is_html(response: requests.Response) -> bool:
+    return "text/html" in response.headers.get("Content-Type", "")
+
+
+def _open(session: requests.Session, url: str, remote: RemoteFile, offset: int, confirm_step: bool = True) -> requests.Response:
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
         response = session.get(url, stream=True, timeout=TIMEOUT_S, headers=headers, allow_redirects=True)
@@ -171,15 +181,22 @@ def _open(session: requests.Session, url: str, remote: RemoteFile, offset: int) 
             f"{remote.name}: cannot reach {url} ({err.__class__.__name__}: {err}). Check the network and rerun "
             f"(the download resumes), or put the file in the download folder yourself."
         ) from None
-    if remote.google_drive and response.ok and "text/html" in response.headers.get("Content-Type", ""):
+    if remote.google_drive and response.ok and _is_html(response):
         page = response.text
-        confirm = google_drive_confirm_url(page, response.url, session.cookies.get_dict())
+        confirm = google_drive_confirm_url(page, response.url, session.cookies.get_dict()) if confirm_step else None
         if confirm is None:
             raise DownloadError(
                 f"{remote.name}: Google Drive answered {url} with a page that has no download link (quota exceeded, "
                 "file removed or not shared). Download it in a browser into the download folder and rerun."
             )
-        return _open(session, confirm, RemoteFile(remote.name, confirm), offset)
+        return _open(session, confirm, remote, offset, confirm_step=False)
+    if response.ok and _is_html(response) and not remote.name.endswith((".html", ".htm")):
+        response.close()
+        raise DownloadError(
+            f"{remote.name}: {url} answered with an HTML page instead of the file (a login, error or moved-file "
+            "page). Check the URL in a browser; set datasets.<name>.downloads."
+            f"{remote.name}.url to a working link, or put the file in the download folder yourself, and rerun."
+        )
     return response
 
 
