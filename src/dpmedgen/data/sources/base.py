@@ -20,6 +20,7 @@ what to do, never with a bare ``KeyError`` or ``IndexError``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -60,7 +61,7 @@ class RemoteFile:
             object.__setattr__(self, "google_drive", True)
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """Base class of dataset adapters (one subclass per dataset, one file per subclass).
 
     Class attributes, shown in README's dataset table and checked at config time:
@@ -84,9 +85,9 @@ class DatasetSource:
         """The files to download (fetched in this order into the download folder). Default: none."""
         return []
 
+    @abstractmethod
     def read(self, folder: Path) -> ImageSet:
         """The cohort from the download folder (archives already unpacked into their sub-folders)."""
-        raise NotImplementedError
 
 
 def int_param(name: str, value, minimum: int, maximum: int | None = None, allow_none: bool = False) -> int | None:
@@ -98,6 +99,14 @@ def int_param(name: str, value, minimum: int, maximum: int | None = None, allow_
         what = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
         raise DatasetError(f"datasets param {name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+def downloaded_file(folder: Path, name: str) -> Path:
+    """The path of download `name` in `folder`; a DatasetError naming it when it is not there."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; rerun to download it again")
+    return path
 
 
 def unpacked_dir(folder: Path, remote: RemoteFile) -> Path:

@@ -38,16 +38,14 @@ Rows are ordered by patient, then follow-up.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param, unpacked_dir
-from dpmedgen.data.sources.image_files import balanced_selection, load_gray
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, downloaded_file, int_param, unpacked_dir
+from dpmedgen.data.sources.image_files import balanced_selection, selection_image_set
 
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
@@ -113,9 +111,7 @@ class ChestXray14(DatasetSource):
         return [RemoteFile(CSV_NAME, CSV_URL)] + [self._archive(k) for k in self.archives]
 
     def _table(self, folder: Path) -> pd.DataFrame:
-        path = folder / CSV_NAME
-        if not path.is_file():
-            raise DatasetError(f"{path} is missing; rerun to download it again")
+        path = downloaded_file(folder, CSV_NAME)
         try:
             df = pd.read_csv(path, index_col=False, dtype={"Image Index": str, "Finding Labels": str})
             missing = [c for c in COLUMNS if c not in df.columns]
@@ -160,28 +156,15 @@ class ChestXray14(DatasetSource):
         if n == 0:
             raise DatasetError(f"chestxray14: no {self.positive!r} or no {self.negative!r} image in archives "
                                f"{self.archives}; add archives (datasets param archives)")
-        if n < self.n_per_class:
-            warnings.warn(f"chestxray14: only {n} images per class available in archives {self.archives} "
-                          f"(n_per_class={self.n_per_class}); taking {n} per class", stacklevel=2)
-        rows = sorted((pid, follow_up, name, c) for c in chosen for pid, items in chosen[c].items()
-                      for follow_up, name in items)
-        images = np.stack([load_gray(files[name], self.max_size, unpacked=owner[name])
-                           for _, _, name, _ in tqdm(rows, desc="chestxray14")])
-        return ImageSet(
-            modalities={"xray": images},
-            patient_id=np.array([r[0] for r in rows]),
-            slice=np.array([r[1] for r in rows]),
-            label=np.array([r[3] for r in rows]),
-            dataset="chestxray14",
+        return selection_image_set(
+            chosen, n, self.n_per_class, path_of=files, unpacked_of=owner.__getitem__, size=self.max_size,
+            modality="xray", dataset="chestxray14", where=f"in archives {self.archives}",
             provenance={
                 "labels": {"0": self.negative, "1": self.positive},
                 "archives": self.archives,
-                "n_per_class": self.n_per_class,
-                "n_per_class_used": n,
                 "max_per_patient": self.max_per_patient,
                 "seed": self.seed,
                 "max_size": self.max_size,
-                "patients_per_class": {str(c): len(chosen[c]) for c in sorted(chosen)},
                 "selection": "per class: patients shuffled with seed, first max_per_patient images by follow-up; "
                              "a patient with the positive finding in any image is positive (positive images only)",
                 "intensity": "grayscale / 255 (16-bit: / 65535), centre square crop, resized to max_size",

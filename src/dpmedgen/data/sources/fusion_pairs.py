@@ -54,7 +54,7 @@ import numpy as np
 from skimage.transform import resize
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, downloaded_file, int_param
 
 DDCGAN_HOMEPAGE = "https://github.com/hanna-xu/DDcGAN"
 DATA_KEY = "data"
@@ -85,10 +85,8 @@ class FusionPairs(DatasetSource):
         return [RemoteFile(self.file_name, self.url)]
 
     def read(self, folder: Path) -> ImageSet:
-        path = Path(folder) / self.file_name
+        path = downloaded_file(folder, self.file_name)
         redo = f"delete {path} and rerun to download it again"
-        if not path.is_file():
-            raise DatasetError(f"{path} is missing; rerun the download (or {redo})")
         try:
             with h5py.File(path, "r") as f:
                 if DATA_KEY not in f:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from skimage.transform import resize
+from tqdm.auto import tqdm
 
+from dpmedgen.data.schema import ImageSet
 from dpmedgen.data.sources.base import DatasetError
 
 
@@ -55,3 +59,28 @@ def balanced_selection(candidates: dict[int, dict[str, list]], n_per_class: int,
             chosen[c][patients[i]] = take
             left -= len(take)
     return chosen, n
+
+
+def selection_image_set(chosen: dict[int, dict[str, list]], n: int, n_per_class: int, *, path_of: dict[str, Path],
+                        unpacked_of: Callable[[str], Path], size: int, modality: str, dataset: str, where: str,
+                        provenance: dict) -> ImageSet:
+    """The ImageSet of a :func:`balanced_selection` (`chosen`, `n` per class; items are (slice, file name)).
+
+    Warns when `n` < `n_per_class` (`where` says what was searched). Rows are ordered by patient, then
+    slice; each image is read with :func:`load_gray` (`unpacked_of(name)`: the folder named in its error).
+    ``provenance`` gets ``n_per_class``, ``n_per_class_used`` and ``patients_per_class``.
+    """
+    if n < n_per_class:
+        warnings.warn(f"{dataset}: only {n} images per class available {where} (n_per_class={n_per_class}); "
+                      f"taking {n} per class", stacklevel=3)
+    rows = sorted((pid, s, name, c) for c in chosen for pid, items in chosen[c].items() for s, name in items)
+    images = np.stack([load_gray(path_of[name], size, unpacked=unpacked_of(name)) for _, _, name, _ in tqdm(rows, desc=dataset)])
+    return ImageSet(
+        modalities={modality: images},
+        patient_id=np.array([r[0] for r in rows]),
+        slice=np.array([r[1] for r in rows]),
+        label=np.array([r[3] for r in rows]),
+        dataset=dataset,
+        provenance={"n_per_class": n_per_class, "n_per_class_used": n,
+                    "patients_per_class": {str(c): len(chosen[c]) for c in sorted(chosen)}} | provenance,
+    )

@@ -32,16 +32,13 @@ square and resized to ``max_size`` x ``max_size`` with anti-aliasing. Rows are o
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, int_param, unpacked_dir
-from dpmedgen.data.sources.image_files import balanced_selection, load_gray
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, downloaded_file, int_param, unpacked_dir
+from dpmedgen.data.sources.image_files import balanced_selection, selection_image_set
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2020/"
 # The official ISIC 2020 download table (challenge.isic-archive.com/data) links these files; no checksums are
@@ -52,9 +49,7 @@ DUPLICATES = RemoteFile("ISIC_2020_Training_Duplicates.csv", BASE_URL + "ISIC_20
 
 
 def _csv(folder: Path, remote: RemoteFile, columns: tuple[str, ...]) -> pd.DataFrame:
-    path = folder / remote.name
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing; rerun to download it again")
+    path = downloaded_file(folder, remote.name)
     try:
         df = pd.read_csv(path, dtype=str, index_col=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -112,26 +107,14 @@ class ISIC(DatasetSource):
         if n == 0:
             raise DatasetError(f"isic: no melanoma or no other image found in {where}; delete it and "
                                f"{folder / IMAGES.name} and rerun")
-        if n < self.n_per_class:
-            warnings.warn(f"isic: only {n} images per class available (n_per_class={self.n_per_class}, "
-                          f"max_per_patient={self.max_per_patient}); taking {n} per class", stacklevel=2)
-        rows = sorted((patient, s, name, c) for c in chosen for patient, items in chosen[c].items() for s, name in items)
-        images = np.stack([load_gray(files[name], self.max_size, unpacked=where)
-                           for _, _, name, _ in tqdm(rows, desc="isic")])
-        return ImageSet(
-            modalities={"dermoscopy": images},
-            patient_id=np.array([r[0] for r in rows]),
-            slice=np.array([r[1] for r in rows]),
-            label=np.array([r[3] for r in rows]),
-            dataset="isic",
+        return selection_image_set(
+            chosen, n, self.n_per_class, path_of=files, unpacked_of=lambda name: where, size=self.max_size,
+            modality="dermoscopy", dataset="isic", where=f"with max_per_patient={self.max_per_patient}",
             provenance={
                 "labels": {"0": "not melanoma", "1": "melanoma"},
-                "n_per_class": self.n_per_class,
-                "n_per_class_used": n,
                 "max_per_patient": self.max_per_patient,
                 "seed": self.seed,
                 "max_size": self.max_size,
-                "patients_per_class": {str(c): len(chosen[c]) for c in sorted(chosen)},
                 "duplicates_dropped": int(df["image_name"].isin(duplicates["image_name_2"]).sum()),
                 "selection": "per class: patients shuffled with seed, first max_per_patient images by name; a patient "
                              "with any melanoma image is positive (melanoma images only); duplicates (image_name_2) dropped",

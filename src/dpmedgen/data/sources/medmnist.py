@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dpmedgen.data.schema import ImageSet
-from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile
+from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, downloaded_file
 
 ZENODO = "https://zenodo.org/records/10519652/files/{name}?download=1"
 SIZES = (28, 64, 128, 224)
@@ -201,10 +201,8 @@ class MedMNIST(DatasetSource):
         return out
 
     def read(self, folder: Path) -> ImageSet:
-        path = Path(folder) / self.file_name
+        path = downloaded_file(folder, self.file_name)
         redo = f"delete {path} and rerun to download it again"
-        if not path.is_file():
-            raise DatasetError(f"{path} is missing; rerun the download (or {redo})")
         try:
             npz = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
