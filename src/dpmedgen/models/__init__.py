@@ -20,4 +20,11 @@ def register_opacus_extensions() -> None:
 
     register_opacus_grad_samplers()
 
-__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "DDcGAN", "DDPM", "register_opacus_extensions"]
+def register_clipping_rules() -> None:
+    """Teach the fast per-example clipping (`dpmedgen.privacy.clipping`) our custom layers."""
+    from dpmedgen.models.sngan import register_clipping_rule
+
+    register_clipping_rule()
+
+
+__all__ = ["MODELS", "GenerativeModel", "GANModel", "Player", "DCGAN", "SNGAN", "DDcGAN", "DDPM", "register_opacus_extensions", "register_clipping_rules"]

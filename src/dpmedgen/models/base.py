@@ -61,6 +61,12 @@ class GenerativeModel(nn.Module):
         """Per-example losses of one update of `player`, shape (b,); see the module docstring."""
         raise NotImplementedError
 
+    def public_loss(self, player: str, nets: Mapping[str, nn.Module], batch_size: int) -> torch.Tensor | None:
+        """The part of `player`'s loss that reads no real data (a scalar, already averaged), or None.
+        Privacy modes leave it out of per-example clipping and noise: its gradient depends only on the
+        current weights and fresh randomness. Default: none."""
+        return None
+
     def replicas(self, player: str) -> int:
         """Rows each example occupies in the player's network batch (1 unless the loss repeats examples,
         e.g. several diffusion noise draws per example); per-example gradients sum over them."""
@@ -96,25 +102,32 @@ class GANModel(GenerativeModel):
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
     def loss(self, player: str, nets: Mapping[str, nn.Module], real: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """discriminator: BCE(D(real_i), 1) + BCE(D(fake_i), 0), each real image paired with one fake (the
-        fake half holds no private data); generator: BCE(D(G(z_j)), 1) over `batch_size` fresh latents."""
+        """discriminator: BCE(D(real_i), 1) per real image (its generated half is `public_loss`);
+        generator: BCE(D(G(z_j)), 1) over `batch_size` fresh latents."""
         bce = nn.BCEWithLogitsLoss(reduction="none")
         disc = nets["discriminator"]
         if player == "discriminator":
             if real is None:
                 raise ValueError("the discriminator update needs a real batch")
-            b = len(real)
-            device = real.device
-            with torch.no_grad():
-                fake = nets["generator"](self.sample_latent(max(b, 2), device=device))[:b]
-            # Real pass first, as in Opacus' DCGAN example: Opacus pairs each backward with its forward (LIFO).
-            real_loss = bce(disc(real), torch.ones(b, device=device))
-            return real_loss + bce(disc(fake), torch.zeros(b, device=device))
+            return bce(disc(real), torch.ones(len(real), device=real.device))
         if player == "generator":
             device = next(nets["generator"].parameters()).device
             fake = nets["generator"](self.sample_latent(batch_size, device=device))
             return bce(disc(fake), torch.ones(batch_size, device=device))
         raise KeyError(f"{type(self).__name__} has no player {player!r}")
+
+    def public_loss(self, player: str, nets: Mapping[str, nn.Module], batch_size: int) -> torch.Tensor | None:
+        """discriminator: mean BCE(D(G(z_j)), 0) over `batch_size` fresh latents, the generated half of its
+        loss. It reads no real data: G and D are the current (already released) weights and z is fresh, so
+        under DP-SGD its gradient is added exactly, outside clipping and noise, as post-processing. Its batch
+        size is fixed, so the generator's BatchNorm statistics in this step never depend on how many real
+        images were sampled. The generator has no public part (None)."""
+        if player != "discriminator":
+            return None
+        device = next(nets["generator"].parameters()).device
+        with torch.no_grad():
+            fake = nets["generator"](self.sample_latent(batch_size, device=device))
+        return nn.functional.binary_cross_entropy_with_logits(nets["discriminator"](fake), torch.zeros(batch_size, device=device))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 256) -> torch.Tensor:

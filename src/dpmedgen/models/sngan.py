@@ -51,7 +51,7 @@ from torch.nn.modules.utils import _pair
 from dpmedgen.models.base import GANModel
 from dpmedgen.models.dcgan import Generator, _init_weights, _num_doublings
 
-__all__ = ["SpectralNormConv2d", "Discriminator", "SNGAN", "register_opacus_grad_samplers"]
+__all__ = ["SpectralNormConv2d", "Discriminator", "SNGAN", "register_opacus_grad_samplers", "register_clipping_rule"]
 
 #: Power iterations run at construction, as torch's parametrizations.spectral_norm does.
 _INITIAL_POWER_ITERATIONS = 15
@@ -240,6 +240,62 @@ def _spectral_norm_conv_grad_sample(
     if bias is not None and bias.requires_grad:
         ret[bias] = bp.sum(dim=2)
     return ret
+
+
+def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int, k: int):
+    """Fast-clipping rule (`dpmedgen.privacy.clipping`) of SpectralNormConv2d, exact like the Opacus sampler.
+
+    With G_i = dL_i/dW_sn (the conv per-example gradient of the normalised weight), dL_i/dW = (G_i − c_i u v^T)/σ,
+    c_i = <G_i, W_sn>_F. Its squared norm needs no G_i:
+
+        ||dL_i/dW||² = (||G_i||² − 2 c_i m_i + c_i² |u|²|v|²) / σ²,   m_i = u^T G_i v,
+
+    where ||G_i||² is the mixed ghost / instantiated conv norm, c_i = Σ_t g_t·(y_t − b) (the layer's own output
+    without bias, since W_sn r_t = y_t − b) and m_i = Σ_t (u·g_t)(v·r_t) (v·r_t = a 1-channel convolution of
+    the input). The clipped sum is (Σ_i w_i G_i − (Σ_i w_i c_i) u v^T) / σ.
+    """
+    from dpmedgen.privacy.clipping import PerExample, _row_factors, bias_per_example, conv_weight_sq_norms, conv_weight_sum
+
+    w = module.weight.detach()
+    u, v = module.u.to(w.dtype), module.v.to(w.dtype)
+    sigma = torch.dot(u, torch.mv(w.flatten(1), v))
+    train_w = module.weight.requires_grad
+    train_b = module.bias is not None and module.bias.requires_grad
+    dtype, device = calls[0].g.dtype, calls[0].g.device
+    sq = torch.zeros(b, device=device, dtype=dtype)
+    inner = torch.zeros(b, device=device, dtype=dtype)
+    if train_w:
+        g_sq = conv_weight_sq_norms(module, calls, b, k)
+        along = torch.zeros(b, device=device, dtype=dtype)
+        v_kernel = v.view(1, *w.shape[1:])
+        for call in calls:
+            y = call.y if module.bias is None else call.y - module.bias.detach().view(1, -1, 1, 1)
+            inner = inner + (call.g * y).flatten(1).sum(1).reshape(b, k).sum(1)
+            gu = torch.einsum("rchw,c->rhw", call.g, u)
+            xv = F.conv2d(call.x, v_kernel, None, module.stride, module.padding)[:, 0]
+            along = along + (gu * xv).flatten(1).sum(1).reshape(b, k).sum(1)
+        sq = sq + (g_sq - 2 * inner * along + inner.square() * u.dot(u) * v.dot(v)) / sigma.square()
+    bias = bias_per_example(module, calls, b, k) if train_b else None
+    if bias is not None:
+        sq = sq + bias.square().sum(1)
+
+    def clipped_sum(c: torch.Tensor) -> dict:
+        out = {}
+        if train_w:
+            s_sn = conv_weight_sum(module, calls, _row_factors(c, calls, k)).flatten(1)
+            out[module.weight] = ((s_sn - (c @ inner) * torch.outer(u, v)) / sigma).reshape(w.shape)
+        if bias is not None:
+            out[module.bias] = c @ bias
+        return out
+
+    return PerExample(sq, clipped_sum)
+
+
+def register_clipping_rule() -> None:
+    """Register SpectralNormConv2d's fast-clipping rule (idempotent; kept out of import time, as the Opacus one)."""
+    from dpmedgen.privacy.clipping import register_rule
+
+    register_rule(SpectralNormConv2d)(_spectral_norm_conv_clipping_rule)
 
 
 def register_opacus_grad_samplers() -> None:

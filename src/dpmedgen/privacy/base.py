@@ -157,6 +157,18 @@ class PrivacyMode(ABC):
         """Per-example losses of one update of `player` (the model's own loss unless a mode replaces it)."""
         return model.loss(player.name, nets, real, batch_size)
 
+    def public_loss(
+        self, model: GenerativeModel, player: Player, nets: dict[str, nn.Module], batch_size: int
+    ) -> torch.Tensor | None:
+        """The part of the player's loss that reads no real data (`GenerativeModel.public_loss`), or None."""
+        return model.public_loss(player.name, nets, batch_size)
+
+    def backward(self, player: Player, net: nn.Module, losses: torch.Tensor, public: torch.Tensor | None) -> None:
+        """Leave the update's gradient in `.grad` of the player's parameters: by default the gradient of
+        the reduced per-example losses plus the public part (DP-SGD clips the first and adds the second)."""
+        total = self.reduce_loss(player, losses)
+        (total if public is None else total + public).backward()
+
     def reduce_loss(self, player: Player, losses: torch.Tensor) -> torch.Tensor:
         """The scalar that is back-propagated: the batch mean (DP-SGD overrides: a sum, see dpsgd.py)."""
         return losses.mean() if losses.numel() else losses.sum()
@@ -183,6 +195,10 @@ class PrivacyMode(ABC):
     def epsilon_spent(self) -> float:
         """Epsilon spent so far in the mode's primary unit (inf when there is no guarantee)."""
         return float("inf")
+
+    def epsilon_for_log(self) -> float:
+        """The epsilon written to the training log: `epsilon_spent` unless a mode has a cheaper sound bound."""
+        return self.epsilon_spent()
 
     @abstractmethod
     def ledger(self) -> dict[str, Any]:

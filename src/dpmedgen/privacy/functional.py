@@ -337,6 +337,10 @@ class FunctionalMechanism(PrivacyMode):
         poly = self._n_hat * math.log(2.0) - 0.5 * mu[0] + 0.125 * (u @ mu)
         return (batch / self._n_hat) * poly
 
+    def public_loss(self, model, player, nets, batch_size):
+        """None: the discriminator loss below already holds its generated half."""
+        return None
+
     def player_loss(self, model, player, nets, real, batch_size):
         """Discriminator: per fake j, (1 / n^) * polynomial + BCE(D(fake_j), 0), so the batch sums to
         (b / n^) * polynomial + sum_fake BCE; the generator's loss is the model's own."""

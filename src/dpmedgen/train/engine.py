@@ -351,7 +351,7 @@ def train_model(
                 # real examples read per step (0 once the functional mechanism has released its statistics)
                 "real_batch": n_real / steps_this_epoch,
                 # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
-                "epsilon": privacy.epsilon_spent() if (epoch % epsilon_every == 0 or last) else float("nan"),
+                "epsilon": privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan"),
                 "seconds_per_step": seconds / steps_this_epoch,
             }
             rows.append(row)
@@ -391,7 +391,9 @@ def _update(
     use_amp: bool,
     players: list[Player],
 ) -> tuple[float, int]:
-    """One optimizer step of `player`; returns (summed loss, number of examples)."""
+    """One optimizer step of `player`; returns (summed loss, number of examples). The summed loss adds
+    the public part (e.g. a discriminator's loss on generated images) once per example, so that its mean is
+    the loss the update descends."""
     real = _as_batch(next(iters[player.name])).to(device) if player.name in iters else None
     opt = opts[player.name]
     others = [nets[p.name] for p in players if p.name != player.name]
@@ -400,8 +402,11 @@ def _update(
     # The other players stay frozen through backward too: Opacus' backward hooks must not fire for them.
     with frozen(*others):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            public = privacy.public_loss(model, player, nets, batch_size)
             losses = privacy.player_loss(model, player, nets, real, batch_size)
-        privacy.reduce_loss(player, losses).backward()
+        privacy.backward(player, nets[player.name], losses, public)
     privacy.before_step(model, player, nets[player.name])
     opt.step()
-    return float(losses.detach().float().sum()), int(losses.shape[0])
+    b = int(losses.shape[0])
+    total = float(losses.detach().float().sum()) + (float(public.detach().float()) * b if public is not None else 0.0)
+    return total, b
