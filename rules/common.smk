@@ -22,6 +22,15 @@ from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
 
 
+# A local run (no --jobs, i.e. no cluster executor) never runs more threads at once than this machine has
+# cores: `--cores 8` on a 2-core laptop would otherwise start 8 jobs. Each job uses exactly its `threads`
+# (dpmedgen.runtime.start_job).
+_MACHINE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_asked_cores = workflow.global_resources["_cores"].value
+if workflow.global_resources["_nodes"].value is None and _asked_cores is not None and _asked_cores > _MACHINE_CORES:
+    logger.info(f"dpmedgen: --cores {_asked_cores} on a machine with {_MACHINE_CORES} cores: running at most {_MACHINE_CORES} at once")
+    workflow.global_resources["_cores"] = _MACHINE_CORES
+
 coerce_command_line_values(config)  # `--config seeds=[0,1]` arrives as strings
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)

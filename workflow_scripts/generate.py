@@ -1,6 +1,6 @@
-from dpmedgen.logs import setup_rule_log
+from dpmedgen.runtime import start_job
 
-setup_rule_log(snakemake.log[0])
+start_job(snakemake.log[0], snakemake.threads)
 
 from dpmedgen.generate import generate_samples
 

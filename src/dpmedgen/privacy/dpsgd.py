@@ -30,7 +30,7 @@ Units:
   k images is then protected only at group size k: the ledger reports the group-privacy conversion
   (kε, k·e^((k−1)ε)·δ) beside the per-image epsilon, which is vacuous (infinite) for many slices.
 
-Accounting off the hot path: the noise calibration starts from a bracket given by the cheap RDP accountant,
+Accounting off the hot path: the noise calibration starts from a Gaussian-DP guess (a closed form),
 and the epsilon written to the training log during a run is the PRV bound at the next of `LOG_ANCHORS`
 step counts fixed in advance (a sound upper bound, since epsilon grows with the steps; exact at each anchor,
 and the last anchor is the ledger's value). The time spent in the accountant is kept in `accounting_seconds`.
@@ -102,57 +102,78 @@ def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
             return math.inf
 
 
+def gdp_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The noise multiplier that the central-limit approximation of Gaussian DP (Bu, Dong, Long & Su,
+    "Deep Learning with Gaussian Differential Privacy", HDSR 2020) gives for the target: a cheap first guess.
+
+    After T Poisson-subsampled Gaussian steps the composition is approximately mu-GDP with
+    mu = q sqrt(T (e^(1/sigma^2) - 1)), and mu-GDP is (eps, delta(eps))-DP for
+    delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2) (Dong, Roth & Su 2022, Cor. 2.13).
+    Solve delta(target) = delta for mu, then invert mu(sigma)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def excess(mu: float) -> float:
+        return norm.cdf(-target_epsilon / mu + mu / 2) - math.exp(target_epsilon) * norm.cdf(-target_epsilon / mu - mu / 2) - delta
+
+    mu = brentq(excess, 1e-6, 200.0, xtol=1e-12)
+    return 1.0 / math.sqrt(math.log1p(mu**2 / (sample_rate**2 * steps)))
+
+
 def calibrate_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, tolerance: float = CALIBRATION_TOLERANCE
 ) -> float:
     """A noise multiplier sigma whose PRV epsilon is in [target - tolerance, target]: Opacus'
     `get_noise_multiplier` criterion, reached with fewer PRV evaluations.
 
-    The RDP accountant is looser than PRV (it needs more noise for the same target) and costs
-    milliseconds, so RDP's sigma is an upper end of the bracket; the lower end halves from there. Then the
-    Illinois variant of regula falsi on eps_prv(sigma) - target keeps a bracket [lo, hi] with
-    eps(lo) > target >= eps(hi) and returns hi once eps(hi) >= target - tolerance (typically 4-6 PRV
-    evaluations instead of Opacus' 12-15 bisection steps).
+    A bracket [lo, hi] with eps(lo) > target >= eps(hi) is grown from the Gaussian-DP guess
+    (`gdp_noise_multiplier`, within a few per cent of PRV's answer at the rates DP-SGD uses), then the
+    Illinois variant of regula falsi on eps_prv(sigma) - target shrinks it until eps(hi) >= target -
+    tolerance, and hi is returned: typically 3-5 PRV evaluations instead of the 12-15 of Opacus' bisection.
     """
-    opacus = _opacus()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        hi = opacus.get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-            accountant="rdp", epsilon_tolerance=tolerance,
-        )
-    f_hi = prv_epsilon(hi, sample_rate, steps, delta) - target_epsilon
-    while f_hi > 0:  # RDP's sigma is (in practice always) enough for PRV; double if not
-        hi *= 2
-        f_hi = prv_epsilon(hi, sample_rate, steps, delta) - target_epsilon
-    lo, f_lo = hi, f_hi
+    guess = gdp_noise_multiplier(target_epsilon, delta, sample_rate, steps)
+
+    def f(sigma: float) -> float:
+        return prv_epsilon(sigma, sample_rate, steps, delta) - target_epsilon
+
+    hi = 1.05 * guess
+    f_hi = f(hi)
+    while f_hi > 0:
+        hi *= 1.25
+        f_hi = f(hi)
+        if hi > 1e6:
+            raise ValueError(f"dpsgd: no noise multiplier calibrates to epsilon {target_epsilon}")
+    if f_hi >= -tolerance:
+        return hi
+    lo = 0.95 * min(guess, hi)
+    f_lo = f(lo)
     while f_lo <= 0:
-        lo /= 2
-        f_lo = prv_epsilon(lo, sample_rate, steps, delta) - target_epsilon
-        if lo < 1e-6:
+        if f_lo >= -tolerance:
+            return lo
+        hi, f_hi = lo, f_lo
+        lo *= 0.8
+        f_lo = f(lo)
+        if lo < 1e-4:
             raise ValueError(f"dpsgd: no noise multiplier calibrates to epsilon {target_epsilon}")
     side = 0
-    for _ in range(60):
+    for _ in range(100):
         if f_hi >= -tolerance:
             return hi
-        if not math.isfinite(f_lo):
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if math.isfinite(f_lo) else (lo + hi) / 2
+        if not lo < mid < hi:
             mid = (lo + hi) / 2
-        else:
-            mid = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-            if not lo < mid < hi:
-                mid = (lo + hi) / 2
-        f_mid = prv_epsilon(mid, sample_rate, steps, delta) - target_epsilon
+        f_mid = f(mid)
         if f_mid > 0:
             lo, f_lo = mid, f_mid
             if side == -1:
-                f_hi /= 2  # Illinois: halve the stale end's weight
+                f_hi /= 2  # Illinois: halve the weight of the end that stayed
             side = -1
         else:
             hi, f_hi = mid, f_mid
             if side == 1:
                 f_lo /= 2
             side = 1
-    return hi
+    raise RuntimeError(f"dpsgd: noise calibration did not converge for epsilon {target_epsilon}")
 
 
 class NoisyStep:
