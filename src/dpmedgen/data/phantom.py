@@ -286,11 +286,12 @@ def make_brain_phantom(
     base_z = np.round(base_z).astype(int)
 
     # Subject-space in-plane grid (1 mm): the brain's bounding box plus room for up-scaling.
-    # Sampled directly at about the output pixel size (never coarser than 1.5 mm): the template
-    # maps are smooth, and this halves the work compared with 1 mm sampling at the default size.
+    # Sampled directly at about the output pixel size, never coarser than 1.5 mm nor than half an
+    # output pixel (so small outputs are still resized from twice their resolution, with
+    # anti-aliasing): the template maps are smooth, and this keeps the work proportional to the output.
     pad = 14
     extent = float(max(tpl.brain_hi[:2] - tpl.brain_lo[:2])) + 8.0
-    step = float(np.clip(extent / size, 0.5, 1.5))
+    step = float(np.clip(extent / size, 0.5, max(1.5, extent / (2 * size))))
     xs = np.arange(tpl.brain_lo[0] - pad, tpl.brain_hi[0] + pad + 1, step, dtype=np.float32)
     ys = np.arange(tpl.brain_lo[1] - pad, tpl.brain_hi[1] + pad + 1, step, dtype=np.float32)
     grid_x, grid_y = np.meshgrid(xs, ys, indexing="ij")
