@@ -339,22 +339,34 @@ register_rule(nn.Linear)(factor_rule)
 
 
 # ------------------------------------------------------------------------------ GroupNorm (instantiated)
+def _normalised_input(module: nn.GroupNorm, call: LayerCall) -> torch.Tensor:
+    """x̂, the input normalised per example and group: from the recorded output, x̂ = (y − β) / γ (one
+    elementwise pass), or recomputed from the input where some |γ| is too small to divide by."""
+    gamma = module.weight.detach()
+    if gamma.abs().min() > 1e-3:
+        shape = (1, -1) + (1,) * (call.y.dim() - 2)
+        beta = module.bias.detach().view(shape) if module.bias is not None else 0.0
+        return (call.y - beta) / gamma.view(shape)
+    return F.group_norm(call.x, module.num_groups, eps=module.eps)
+
+
 def group_norm_rule(module: nn.GroupNorm, calls: list[LayerCall], b: int, k: int) -> PerExample:
-    """Per-example (scale, shift) gradients, (b, C) each: Σ_positions g·x̂ and Σ_positions g, where x̂ is
-    the input normalised per example and group (recomputed from the stored input)."""
+    """Per-example (scale, shift) gradients, (b, C) each: Σ_positions g·x̂ and Σ_positions g (x̂: the
+    input normalised per example and group, `_normalised_input`)."""
     params = [p for p in (module.weight, module.bias) if p is not None and p.requires_grad]
     per: dict[nn.Parameter, torch.Tensor] = {p: 0 for p in params}
     for call in calls:
         rows = call.g.shape[0]
+        g = call.g.reshape(rows, module.num_channels, -1)
         if module.affine and module.weight.requires_grad:
-            x_hat = F.group_norm(call.x, module.num_groups, eps=module.eps)
-            per[module.weight] = per[module.weight] + (call.g * x_hat).reshape(rows, module.num_channels, -1).sum(2).reshape(b, k, -1).sum(1)
+            x_hat = _normalised_input(module, call).reshape(rows, module.num_channels, -1)
+            per[module.weight] = per[module.weight] + torch.einsum("rcp,rcp->rc", g, x_hat).reshape(b, k, -1).sum(1)
         if module.affine and module.bias.requires_grad:
-            per[module.bias] = per[module.bias] + call.g.reshape(rows, module.num_channels, -1).sum(2).reshape(b, k, -1).sum(1)
+            per[module.bias] = per[module.bias] + g.sum(2).reshape(b, k, -1).sum(1)
     sq = torch.zeros(b, device=calls[0].g.device, dtype=calls[0].g.dtype)
-    for g in per.values():
-        sq = sq + g.square().sum(1)
-    return PerExample(sq, lambda c: {p: c @ g for p, g in per.items()})
+    for grad in per.values():
+        sq = sq + grad.square().sum(1)
+    return PerExample(sq, lambda c: {p: c @ grad for p, grad in per.items()})
 
 
 register_rule(nn.GroupNorm)(group_norm_rule)
