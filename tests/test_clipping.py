@@ -179,3 +179,12 @@ def test_only_captured_forward_passes_are_recorded():
     with clipper.capture():
         losses = net(torch.randn(2, 3)).squeeze(1)
     clipper.clipped_sum(losses)  # 2 examples: the earlier 4-row call would fail the row check
+
+
+def test_group_norm_with_a_zero_scale_recomputes_the_normalised_input():
+    """x̂ comes from the output, (y − β) / γ, unless some |γ| is too small to divide by."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, 1, 1), nn.GroupNorm(2, 4), nn.SiLU())
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.5, 0.0, -0.7, 2.0]))
+    check(net, two_calls((6, 2, 8, 8)))

@@ -13,6 +13,9 @@ Conventions every model follows
   real data, b = len(real), which may be 0 under Poisson sampling, and element i depends on real[i] (and on
   no other real example): per-example clipping then bounds each privacy unit's influence. A player that
   reads no real data gets `real=None` and returns `batch_size` losses over fresh latents.
+* `public_loss(player, nets, batch_size)` returns the part of a player's loss that reads no real data (a
+  scalar, e.g. a GAN discriminator's loss on generated images), or None. Privacy modes keep it out of
+  per-example clipping and noise; the update descends mean(loss) + public_loss.
 * Networks are called through `nets[name]`, never `self.<name>`: a privacy mode may wrap them (Opacus'
   GradSampleModule) or replace them (the functional mechanism's linear head).
 * Training randomness (latents, diffusion noise, timesteps) comes from torch's global RNG, which the engine

@@ -12,8 +12,9 @@ steps for Poisson sampling (each step samples every unit with probability q), an
 when no loader exists (the functional mechanism reads no data during training). Training lasts exactly
 `steps` optimizer steps per player; the last epoch may be cut short. The CSV log has one row per epoch.
 
-The `epsilon` column is the privacy mode's bound spent so far; for long runs it is filled every
-max(1, epochs // 50) epochs and after the last one (blank in between), which keeps accountant calls cheap.
+The `epsilon` column is an upper bound on the privacy mode's epsilon spent so far (`epsilon_for_log`:
+DP-SGD reports the PRV bound at the next of a few step counts fixed in advance, exact after the last step);
+it is filled every max(1, epochs // 50) epochs and after the last one (blank in between).
 
 Every `checkpoint_every` epochs the full training state is written atomically to `resume_path`: model,
 optimizers, the privacy mode's state (accountant history, noise and sampling generators) and every RNG
