@@ -271,3 +271,20 @@ def test_fewer_seeds_marked():
     assert _row(md, "DCGAN", "DP-SGD", "1")[3] == "400 (n=1)"
     assert _row(md, "DCGAN", "DP-SGD", "10")[3] == "351 ± 1"
     assert "up to 2 seeds" in md
+
+
+def test_attack_auc_is_bolded_by_its_distance_from_one_half():
+    """An attack AUC of 0.31 leaks as much as 0.69: the most private run is the one closest to 0.5, never one
+    that is 'better' only by being further below it."""
+    df = _metrics()
+    df = df[df["metric"] == "fid_effnetlite0"].assign(metric="mia_dcr_auc_patient", value=0.8)
+    values = {("dcgan", "none"): 0.31, ("dcgan", "dpsgd"): 0.55, ("ddcgan", "none"): 0.70}
+    for (model, privacy), v in values.items():
+        df.loc[(df["model"] == model) & (df["privacy"] == privacy), "value"] = v
+    from dpmedgen.metrics import all_metric_info
+
+    info = {i.name: i for i in all_metric_info()}  # the metric's own declaration: ideal 0.5
+    md = to_markdown(main_results_table(df, "toy", ["mia_dcr_auc_patient"]), metric_info=info)
+    bold = [r[:3] for r in _md_rows(md)[2:] if "**" in r[3]]
+    assert all(r[:2] == ["DCGAN", "DP-SGD"] for r in bold) and bold
+    assert "**" not in _row(md, "DCGAN", "non-private")[3]

@@ -14,7 +14,8 @@ Number formatting (main table): per column, the number of decimals is fixed so t
 values of a column line up, and the sd uses the same decimals as its mean. One seed shows the mean alone; a
 cell with fewer seeds than the table's maximum is marked with its seed count ``(n=k)``. Bold marks the best
 displayed (rounded) value of each column among the generative-model rows (ties all bold; the real-data reference
-is never bold), using ``METRIC_INFO``'s ``higher_is_better`` (no bold where it is None or the metric is unknown,
+is never bold), using ``METRIC_INFO``'s ``higher_is_better`` (or, for a metric with an ``ideal`` value such as an
+attack AUC's 0.5, the smallest distance from it) (no bold where it is None or the metric is unknown,
 when fewer than two rows have a value, or when all of them tie). Privacy table: ε, noise scales and q with 3
 significant digits (integers ≥ 100 in full), δ in scientific notation.
 
@@ -403,9 +404,12 @@ def _main_cells(table: pd.DataFrame, fmt: _Fmt, metric_info: Mapping[str, Any]) 
         shown = np.array([round(v, d) if np.isfinite(v) else v for v in mean])
         eligible = ~is_ref & ~np.isnan(mean) & (n > 0)
         best = np.zeros(len(mean), dtype=bool)
-        if hib is not None and eligible.sum() >= 2 and len(set(shown[eligible])) > 1:
-            target = np.nanmax(shown[eligible]) if hib else np.nanmin(shown[eligible])
-            best = eligible & (shown == target)
+        ideal = getattr(metric_info.get(m), "ideal", None)
+        # a metric with an ideal value (an attack AUC of 0.5) ranks by its distance from it: 0.31 is not
+        # "more private" than 0.5, it leaks as much as 0.69
+        score = -np.abs(shown - ideal) if ideal is not None else (shown if hib else -shown)
+        if hib is not None and eligible.sum() >= 2 and len(set(score[eligible])) > 1:
+            best = eligible & (score == np.nanmax(score[eligible]))
         col = []
         for i in range(len(mean)):
             if n[i] == 0 or np.isnan(mean[i]):

@@ -18,6 +18,9 @@ class MetricInfo:
     source: str
     description: str
     family: str = ""  # the METRICS entry that produces it
+    #: The value of "no effect" for a metric that can miss it on both sides (an attack AUC of 0.5): tables
+    #: rank such a metric by its distance from `ideal` (an AUC of 0.31 leaks as much as 0.69), not by its value.
+    ideal: float | None = None
 
 
 @dataclass(frozen=True)

@@ -436,8 +436,10 @@ def _infos() -> list[MetricInfo]:
                     range="[0, 1]; 0.5 = no leakage, 1 = every member ranked above every non-member",
                     source=source,
                     description=f"ROC AUC of the {what} separating training (member) from held-out patients; "
-                    f"{_LEVEL_TEXT[level]}. Lower (towards 0.5) = more private.",
+                    f"{_LEVEL_TEXT[level]}. Closer to 0.5 = more private (below 0.5 the attack is as informative "
+                    "with its scores flipped).",
                     family=prefix,
+                    ideal=0.5,
                 )
             )
             for key, pct in _PCT.items():
@@ -452,6 +454,7 @@ def _infos() -> list[MetricInfo]:
                         f"{round(1 / FPR_TARGETS[key])} non-members (see mia_n_nonmembers_{level}) only FPR = 0 "
                         "is admissible: the share of members scored above the top non-member.",
                         family=prefix,
+                        ideal=FPR_TARGETS[key],
                     )
                 )
             for key, pct in _PCT.items():
