@@ -83,8 +83,11 @@ def main() -> None:
         fid = frechet_distance(real_features, fake_features)
         kid, _ = kernel_distance(real_features, fake_features)
         prdc = prdc_scores(real_features, fake_features)
-        print(f"set={label} fid_effnetlite0={fid:.2f} kid_effnetlite0={kid:.4f} "
-              + " ".join(f"{k}={v:.3f}" for k, v in prdc.items()), flush=True)
+        print(
+            f"set={label} fid_effnetlite0={fid:.2f} kid_effnetlite0={kid:.4f} "
+            + " ".join(f"{k}={v:.3f}" for k, v in prdc.items()),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def _setup(name: str, params: dict, image_size: int, mode_name: str, batch: int,
     images = torch.rand(n, channels, image_size, image_size) * 2 - 1
     data = TrainingData(images=images, patient_ids=np.array([f"P{i:05d}" for i in range(n)]))
     extra = {"clipping": clipping} if mode_name == "dpsgd" else {}
-    privacy = PRIVACY_MODES.get(mode_name)(target_epsilon=math.inf if mode_name == "none" else 10.0, delta=1e-5, **extra)
+    privacy = PRIVACY_MODES.get(mode_name)(
+        target_epsilon=math.inf if mode_name == "none" else 10.0, delta=1e-5, **extra
+    )
     players = model.players()
     nets = model.networks()
     opts = {p.name: torch.optim.Adam(nets[p.name].parameters(), lr=1e-4) for p in players}
@@ -72,7 +74,11 @@ def step_ratios(config: dict, batches: list[int], reps: int, clipping: str) -> N
                 times["none"].append(plain())
                 times["dpsgd"].append(private())
             a, b = (statistics.median(times[k][2:]) for k in ("none", "dpsgd"))
-            print(f"model={name} batch={batch} nonprivate_s={a:.4f} dpsgd_s={b:.4f} ratio={b / a:.2f} clipping={clipping}", flush=True)
+            print(
+                f"model={name} batch={batch} nonprivate_s={a:.4f} dpsgd_s={b:.4f} ratio={b / a:.2f} "
+                f"clipping={clipping}",
+                flush=True,
+            )
 
 
 def default_run(config: dict, clipping: str) -> None:
@@ -95,14 +101,18 @@ def default_run(config: dict, clipping: str) -> None:
     epsilon = float(config["privacy"]["epsilons"][0])
     mode_params = privacy_params(config, "dpsgd") | {"clipping": clipping}
     mode = PRIVACY_MODES.get("dpsgd")(target_epsilon=epsilon, delta=float(config["privacy"]["delta"]), **mode_params)
-    cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "class_generators"} | {"steps": steps, "device": "cpu", "checkpoint_every": 0})
+    cfg = TrainConfig(
+        **{k: v for k, v in settings.items() if k != "class_generators"}
+        | {"steps": steps, "device": "cpu", "checkpoint_every": 0}
+    )
     t0 = time.perf_counter()
     train_model(model, data, mode, cfg, progress=False)
     mode.ledger()  # the final PRV epsilon, as the trainer writes it
     wall = time.perf_counter() - t0
     print(
         f"default_run model={name} epsilon={epsilon:g} patients={n} batch={cfg.batch_size} steps={steps} "
-        f"wall_s={wall:.1f} accounting_s={mode.accounting_seconds:.2f} accounting_share={mode.accounting_seconds / wall:.2%} "
+        f"wall_s={wall:.1f} accounting_s={mode.accounting_seconds:.2f} "
+        f"accounting_share={mode.accounting_seconds / wall:.2%} "
         f"clipping={clipping}",
         flush=True,
     )
@@ -121,7 +131,10 @@ def main() -> None:
     limit_threads(args.threads)
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    print(f"image_size={config['image_size']} threads={args.threads} reps={args.reps} (medians, first 2 dropped)", flush=True)
+    print(
+        f"image_size={config['image_size']} threads={args.threads} reps={args.reps} (medians, first 2 dropped)",
+        flush=True,
+    )
     step_ratios(config, args.batches, args.reps, args.clipping)
     if not args.no_run:
         default_run(config, args.clipping)

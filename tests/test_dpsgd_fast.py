@@ -48,7 +48,9 @@ def _train_recording(name: str, clipping: str, steps: int = 2, max_grad_norm: fl
 
     torch.optim.Adam.step = recording
     try:
-        train_model(model, data, mode, TrainConfig(steps=steps, batch_size=8, device="cpu", checkpoint_every=0), progress=False)
+        train_model(
+            model, data, mode, TrainConfig(steps=steps, batch_size=8, device="cpu", checkpoint_every=0), progress=False
+        )
     finally:
         torch.optim.Adam.step = original
     return grads, mode.ledger(), {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
@@ -134,7 +136,9 @@ def test_log_epsilon_is_an_upper_bound_and_exact_at_the_end():
     torch.manual_seed(0)
     model = BUILD["dcgan"]()
     mode = DPSGD(target_epsilon=3.0, delta=1e-3, seed=0)
-    rows = train_model(model, _data(1), mode, TrainConfig(steps=40, batch_size=8, device="cpu", checkpoint_every=0), progress=False)
+    rows = train_model(
+        model, _data(1), mode, TrainConfig(steps=40, batch_size=8, device="cpu", checkpoint_every=0), progress=False
+    )
     logged = [(r["step"], r["epsilon"]) for r in rows if math.isfinite(r["epsilon"])]
     assert len(logged) > len(LOG_ANCHORS)
     for step, eps in logged:

@@ -18,10 +18,11 @@ def test_start_job_limits_every_thread_pool(tmp_path):
 import json, subprocess, sys
 import numpy
 from dpmedgen.runtime import start_job
-start_job({str(tmp_path / 'job.log')!r}, 1)
+start_job({str(tmp_path / "job.log")!r}, 1)
 import torch
 from threadpoolctl import threadpool_info
-child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True)
+cmd = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+child = subprocess.run(cmd, capture_output=True, text=True)
 print(json.dumps({{"torch": torch.get_num_threads(), "blas": [p["num_threads"] for p in threadpool_info()],
                   "child": int(child.stdout)}}), file=sys.__stdout__)
 """
@@ -35,8 +36,24 @@ print(json.dumps({{"torch": torch.get_num_threads(), "blas": [p["num_threads"] f
 
 def test_local_cores_are_capped_at_the_machine(tmp_path):
     cores = len(os.sched_getaffinity(0))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(ROOT / "configs" / "ci.yaml"), "--cores", str(cores + 6), "-n", "all"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "configs" / "ci.yaml"),
+        "--cores",
+        str(cores + 6),
+        "-n",
+        "all",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"--cores {cores + 6} on a machine with {cores} cores: running at most {cores} at once" in proc.stderr + proc.stdout
+    assert (
+        f"--cores {cores + 6} on a machine with {cores} cores: running at most {cores} at once"
+        in proc.stderr + proc.stdout
+    )

@@ -160,7 +160,9 @@ def factor_sq_norms(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 def _conv_factors(module: nn.Module, call: LayerCall) -> tuple[torch.Tensor, torch.Tensor]:
     """l = output gradients (rows, C_out, T), r = unfolded input patches (rows, C_in·kh·kw, T)."""
     x, padding = _padded_input(module, call.x)
-    cols = F.unfold(x, module.kernel_size, dilation=_geometry(module)["dilation"], padding=padding, stride=module.stride)
+    cols = F.unfold(
+        x, module.kernel_size, dilation=_geometry(module)["dilation"], padding=padding, stride=module.stride
+    )
     return call.g.flatten(2), cols
 
 
@@ -230,7 +232,9 @@ def _padded_input(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tup
     return F.pad(x, module._reversed_padding_repeated_twice, mode=geo["padding_mode"]), (0, 0)
 
 
-def conv_weight_sum(module: nn.Module, calls: list[LayerCall], scales: list[torch.Tensor], transposed: bool = False) -> torch.Tensor:
+def conv_weight_sum(
+    module: nn.Module, calls: list[LayerCall], scales: list[torch.Tensor], transposed: bool = False
+) -> torch.Tensor:
     """Σ over calls of the ordinary weight gradient of a convolution for output gradients scaled per row:
     the same kernel (aten.convolution_backward) the non-private step uses."""
     geo = _geometry(module)
@@ -239,8 +243,17 @@ def conv_weight_sum(module: nn.Module, calls: list[LayerCall], scales: list[torc
         x, padding = _padded_input(module, call.x) if not transposed else (call.x, geo["padding"])
         out_pad = module.output_padding if transposed else (0, 0)
         _, grad, _ = torch.ops.aten.convolution_backward(
-            call.g * scale, x, module.weight, None, geo["stride"], padding, geo["dilation"], transposed, out_pad,
-            geo["groups"], [False, True, False],
+            call.g * scale,
+            x,
+            module.weight,
+            None,
+            geo["stride"],
+            padding,
+            geo["dilation"],
+            transposed,
+            out_pad,
+            geo["groups"],
+            [False, True, False],
         )
         total = grad if total is None else total + grad
     return total
@@ -264,10 +277,19 @@ def conv_weight_sq_norms(module: nn.Module, calls: list[LayerCall], b: int, k: i
     for call in calls:
         x, padding = _padded_input(module, call.x)
         rows, cin, h, w = x.shape
-        grads = torch.nn.grad.conv2d_weight(
-            x.reshape(1, rows * cin, h, w), (rows * p, *module.weight.shape[1:]),
-            call.g.reshape(1, rows * p, *call.g.shape[2:]), geo["stride"], padding, geo["dilation"], groups=rows,
-        ).reshape(b, k, p * d).sum(1)
+        grads = (
+            torch.nn.grad.conv2d_weight(
+                x.reshape(1, rows * cin, h, w),
+                (rows * p, *module.weight.shape[1:]),
+                call.g.reshape(1, rows * p, *call.g.shape[2:]),
+                geo["stride"],
+                padding,
+                geo["dilation"],
+                groups=rows,
+            )
+            .reshape(b, k, p * d)
+            .sum(1)
+        )
         per_example = grads if per_example is None else per_example + grads
     return per_example.square().sum(1)
 
@@ -466,4 +488,3 @@ class PerExampleClipper:
             for p, grad in r.clipped_sum(c).items():
                 p.grad = grad.to(p.dtype).reshape(p.shape)
         return norms
-

@@ -114,7 +114,11 @@ def gdp_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float
     from scipy.stats import norm
 
     def excess(mu: float) -> float:
-        return norm.cdf(-target_epsilon / mu + mu / 2) - math.exp(target_epsilon) * norm.cdf(-target_epsilon / mu - mu / 2) - delta
+        return (
+            norm.cdf(-target_epsilon / mu + mu / 2)
+            - math.exp(target_epsilon) * norm.cdf(-target_epsilon / mu - mu / 2)
+            - delta
+        )
 
     mu = brentq(excess, 1e-6, 200.0, xtol=1e-12)
     return 1.0 / math.sqrt(math.log1p(mu**2 / (sample_rate**2 * steps)))
@@ -335,9 +339,13 @@ class DPSGD(PrivacyMode):
         for i, p in enumerate(private):
             loader = self._loader(data, batch_size, i, p.name)
             if engine is not None:
-                nets[p.name], optimizers[p.name], loaders[p.name] = self._make_opacus(engine, p.name, nets, optimizers, loader)
+                nets[p.name], optimizers[p.name], loaders[p.name] = self._make_opacus(
+                    engine, p.name, nets, optimizers, loader
+                )
             else:
-                nets[p.name], optimizers[p.name], loaders[p.name] = self._make_fast(model, p.name, nets, optimizers, loader)
+                nets[p.name], optimizers[p.name], loaders[p.name] = self._make_fast(
+                    model, p.name, nets, optimizers, loader
+                )
             if not math.isclose(loaders[p.name].sample_rate, self.sample_rate):
                 raise RuntimeError(f"Opacus samples at {loaders[p.name].sample_rate}, accounted {self.sample_rate}")
         return nets, optimizers, loaders
@@ -540,7 +548,8 @@ class DPSGD(PrivacyMode):
             "mechanism": "dpsgd",
             "guarantee": "formal",
             "unit": self.unit,
-            "adjacency": f"add or remove one {self.unit}" + (" with all of their images" if self.unit == "patient" else ""),
+            "adjacency": f"add or remove one {self.unit}"
+            + (" with all of their images" if self.unit == "patient" else ""),
             "epsilon": epsilon,
             "epsilon_target": self.target_epsilon,
             "delta": self.delta,
@@ -551,7 +560,8 @@ class DPSGD(PrivacyMode):
             "clipping": self.clipping,
             "n_units": self.n_units,
             "max_images_per_patient": self.max_images_per_patient,
-            "sampling": "poisson" + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
+            "sampling": "poisson"
+            + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
             "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
             "protected_networks": list(self.private_players),
             "randomness": "torch.Generator seeded from the run seed (reproducible; Opacus secure_mode off, so not "
