@@ -146,3 +146,33 @@ def test_log_epsilon_is_an_upper_bound_and_exact_at_the_end():
     assert logged[-1][1] == mode.ledger()["epsilon"]
     assert len(mode._epsilon_cache) <= len(LOG_ANCHORS) + 1  # PRV is queried at the anchors only
     assert mode.accounting_seconds > 0
+
+
+def test_discriminator_step_does_not_couple_patients_through_the_generated_batch():
+    """The generated half has a fixed batch (train.batch_size), so the generator's BatchNorm statistics and
+    every other patient's clipped gradient are the same whether or not one more patient was sampled."""
+    from dpmedgen.models.base import Player
+
+    torch.manual_seed(0)
+    model = BUILD["dcgan"]()
+    data = _data(1)
+    mode = DPSGD(target_epsilon=4.0, delta=1e-3, seed=5, max_grad_norm=0.05)
+    nets = model.networks()
+    opts = {p.name: torch.optim.Adam(nets[p.name].parameters()) for p in model.players()}
+    nets, opts, _ = mode.attach(model, nets, opts, data, 8, 10)
+    player = Player("discriminator", "discriminator", True)
+
+    def step(real):
+        torch.manual_seed(7)  # the same latents for the generated half
+        mode.public_loss(model, player, nets, 8)
+        public = {p: g.clone() for p, g in mode._public.pop("discriminator").items()}
+        losses = mode.player_loss(model, player, nets, real, 8)
+        clipper = mode._clippers["discriminator"]
+        norms = clipper.clipped_sum(losses)
+        return public, norms
+
+    real = data.images[:6]
+    public_a, norms_a = step(real[:5])
+    public_b, norms_b = step(real)  # one more patient sampled
+    assert all(torch.equal(public_a[p], public_b[p]) for p in public_a)
+    torch.testing.assert_close(norms_b[:5], norms_a, rtol=1e-6, atol=0)
