@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 
-from dp_accounting import dp_event, gaussian_mechanism
-from dp_accounting.pld import accountant as pld_accountant
-from dp_accounting.pld import common as pld_common
-from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+# dp-accounting is imported where it is used: it pulls in scipy.signal and scipy.stats (~0.9 s), which every
+# job importing dpmedgen.privacy (sampling, evaluation, figures) would otherwise pay.
 
 PLD_DISCRETIZATION = 1e-4
 
@@ -30,17 +28,24 @@ def _check(epsilon: float, delta: float | None = None) -> None:
 def gaussian_sigma(epsilon: float, delta: float, l2_sensitivity: float) -> float:
     """Smallest σ for which x + N(0, σ² I) is (ε, δ)-DP at L2 sensitivity Δ₂ (analytic Gaussian mechanism)."""
     _check(epsilon, delta)
+    from dp_accounting import gaussian_mechanism
+
     return l2_sensitivity * gaussian_mechanism.get_sigma_gaussian(epsilon, delta)
 
 
 def laplace_scale(epsilon: float, l1_sensitivity: float) -> float:
     """Smallest Laplace scale b for which x + Lap(b)^d is ε-DP at L1 sensitivity Δ₁ (b = Δ₁ / ε)."""
     _check(epsilon)
+    from dp_accounting.pld import accountant as pld_accountant
+    from dp_accounting.pld import common as pld_common
+
     params = pld_common.DifferentialPrivacyParameters(epsilon=epsilon, delta=0.0)
     return pld_accountant.get_smallest_laplace_noise(params, num_queries=1, sensitivity=l1_sensitivity)
 
 
-def _pld_epsilon(event: dp_event.DpEvent, count: int, delta: float) -> float:
+def _pld_epsilon(event, count: int, delta: float) -> float:
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
     accountant = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     accountant.compose(event, count)
     return float(accountant.get_epsilon(delta))
@@ -48,6 +53,8 @@ def _pld_epsilon(event: dp_event.DpEvent, count: int, delta: float) -> float:
 
 def gaussian_epsilon(sigma: float, l2_sensitivity: float, delta: float, compositions: int = 1) -> float:
     """ε at δ of `compositions` releases, each Gaussian with std σ at L2 sensitivity Δ₂ (PLD accountant)."""
+    from dp_accounting import dp_event
+
     return _pld_epsilon(dp_event.GaussianDpEvent(sigma / l2_sensitivity), compositions, delta)
 
 
@@ -56,6 +63,8 @@ def laplace_epsilon(scale: float, l1_sensitivity: float, delta: float = 0.0, com
     at δ = 0 this is the basic composition k·Δ₁/b, which is tight for pure DP)."""
     if delta == 0.0:
         return compositions * l1_sensitivity / scale
+    from dp_accounting import dp_event
+
     return _pld_epsilon(dp_event.LaplaceDpEvent(scale / l1_sensitivity), compositions, delta)
 
 
