@@ -254,7 +254,7 @@ def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int,
     without bias, since W_sn r_t = y_t − b) and m_i = Σ_t (u·g_t)(v·r_t) (v·r_t = a 1-channel convolution of
     the input). The clipped sum is (Σ_i w_i G_i − (Σ_i w_i c_i) u v^T) / σ.
     """
-    from dpmedgen.privacy.clipping import PerExample, _row_factors, bias_per_example, conv_weight_sq_norms, conv_weight_sum
+    from dpmedgen.privacy.clipping import PerExample, _row_factors, bias_per_example, conv_weight_per_example, conv_weight_sum
 
     w = module.weight.detach()
     u, v = module.u.to(w.dtype), module.v.to(w.dtype)
@@ -264,8 +264,9 @@ def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int,
     dtype, device = calls[0].g.dtype, calls[0].g.device
     sq = torch.zeros(b, device=device, dtype=dtype)
     inner = torch.zeros(b, device=device, dtype=dtype)
+    kept = None
     if train_w:
-        g_sq = conv_weight_sq_norms(module, calls, b, k)
+        g_sq, kept = conv_weight_per_example(module, calls, b, k)
         along = torch.zeros(b, device=device, dtype=dtype)
         v_kernel = v.view(1, *w.shape[1:])
         for call in calls:
@@ -282,7 +283,10 @@ def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int,
     def clipped_sum(c: torch.Tensor) -> dict:
         out = {}
         if train_w:
-            s_sn = conv_weight_sum(module, calls, _row_factors(c, calls, k)).flatten(1)
+            if kept is not None:
+                s_sn = (c @ kept).view(w.shape[0], -1)
+            else:
+                s_sn = conv_weight_sum(module, calls, _row_factors(c, calls, k)).flatten(1)
             out[module.weight] = ((s_sn - (c @ inner) * torch.outer(u, v)) / sigma).reshape(w.shape)
         if bias is not None:
             out[module.bias] = c @ bias

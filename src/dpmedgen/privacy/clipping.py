@@ -259,9 +259,22 @@ def conv_weight_sum(
     return total
 
 
+#: Per-example weight gradients instantiated for the norms are kept for the clipped sum (Σ_i c_i G_i, a
+#: cheap reduction instead of another weight-gradient kernel) when they hold at most this many elements.
+KEEP_INSTANTIATED = 2**25
+
+
 def conv_weight_sq_norms(module: nn.Module, calls: list[LayerCall], b: int, k: int) -> torch.Tensor:
+    """(b,) squared per-example norms of a Conv2d-like layer's weight gradient (`conv_weight_per_example`)."""
+    return conv_weight_per_example(module, calls, b, k)[0]
+
+
+def conv_weight_per_example(
+    module: nn.Module, calls: list[LayerCall], b: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(b,) squared norms of the per-example gradients of a Conv2d-like layer's weight (as used in the
-    forward), by the cheaper of (mixed ghost clipping):
+    forward), and those gradients (b, p·d) where they were instantiated and are small enough to keep
+    (`KEEP_INSTANTIATED`), else None; by the cheaper of (mixed ghost clipping):
 
     * ghost norm on unfolded patches, when T²(p + d) < T p d (few output positions, e.g. deep layers);
     * instantiation by one grouped convolution (groups = rows: each row's weight gradient), which runs
@@ -271,7 +284,7 @@ def conv_weight_sq_norms(module: nn.Module, calls: list[LayerCall], b: int, k: i
     t = k * sum(call.g.shape[2] * call.g.shape[3] for call in calls)
     p, d = module.weight.shape[0], module.weight[0].numel()
     if ghost_is_cheaper(t, p, d):
-        return factor_sq_norms(*weight_factors(module, calls, b, k))
+        return factor_sq_norms(*weight_factors(module, calls, b, k)), None
     geo = _geometry(module)
     per_example = None
     for call in calls:
@@ -291,7 +304,7 @@ def conv_weight_sq_norms(module: nn.Module, calls: list[LayerCall], b: int, k: i
             .sum(1)
         )
         per_example = grads if per_example is None else per_example + grads
-    return per_example.square().sum(1)
+    return per_example.square().sum(1), (per_example if per_example.numel() <= KEEP_INSTANTIATED else None)
 
 
 def _train_flags(module: nn.Module) -> tuple[bool, bool]:
@@ -299,18 +312,25 @@ def _train_flags(module: nn.Module) -> tuple[bool, bool]:
 
 
 def conv_rule(module: nn.Conv2d, calls: list[LayerCall], b: int, k: int) -> PerExample:
-    """Conv2d: mixed weight norms (`conv_weight_sq_norms`), instantiated bias, clipped sum by the
-    convolution's own weight-gradient kernel."""
+    """Conv2d: mixed weight norms (`conv_weight_per_example`), instantiated bias; clipped sum from the kept
+    per-example gradients, or else by the convolution's own weight-gradient kernel."""
     train_w, train_b = _train_flags(module)
     sq = torch.zeros(b, device=calls[0].g.device, dtype=calls[0].g.dtype)
+    kept = None
     if train_w:
-        sq = sq + conv_weight_sq_norms(module, calls, b, k)
+        weight_sq, kept = conv_weight_per_example(module, calls, b, k)
+        sq = sq + weight_sq
     bias = bias_per_example(module, calls, b, k) if train_b else None
     if bias is not None:
         sq = sq + bias.square().sum(1)
 
     def clipped_sum(c: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-        out = {module.weight: conv_weight_sum(module, calls, _row_factors(c, calls, k))} if train_w else {}
+        out = {}
+        if train_w:
+            if kept is not None:
+                out[module.weight] = (c @ kept).reshape(module.weight.shape)
+            else:
+                out[module.weight] = conv_weight_sum(module, calls, _row_factors(c, calls, k))
         return out | ({module.bias: c @ bias} if bias is not None else {})
 
     return PerExample(sq, clipped_sum)
