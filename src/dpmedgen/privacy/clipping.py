@@ -26,7 +26,9 @@ and `layer_norms` takes the cheaper one per layer and batch (`ghost_is_cheaper`)
 Book-keeping (Bu, Mao, Xu, Karypis, "Differentially Private Optimization on Large Model at Small Cost",
 ICML 2023): one backward pass gives the output gradients g of every layer (`torch.autograd.grad` with the
 layer outputs as inputs, so autograd never computes a weight gradient), the norms give the clip factors,
-and then S_W = Σ_{i,t} (c_i l_{i,t}) r_{i,t}^T is one matrix product per layer.
+and then S_W = Σ_{i,t} (c_i l_{i,t}) r_{i,t}^T is one weight-gradient kernel per layer on output gradients
+scaled by c (a matrix product for Linear), or Σ_i c_i ∇_W L_i where the norms instantiated ∇_W L_i (kept up
+to `KEEP_INSTANTIATED` elements): no second backward pass.
 
 Per-example parameters of other shapes (GroupNorm's scale and shift, biases) are instantiated: they are
 small. A custom layer registers a rule with `register_rule` (e.g. the spectrally normalised convolution in

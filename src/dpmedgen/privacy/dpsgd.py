@@ -19,7 +19,7 @@ Clipping (`clipping`, config `privacy.dpsgd.clipping`): two implementations of t
 same sampler, noise draw, normalisation and accountant, whose updates agree to float rounding (tested):
 - ``fast`` (default): book-keeping with mixed ghost norms (`dpmedgen.privacy.clipping`): one backward pass to
   the layer outputs, per-example norms without materialising every per-example gradient, the clipped sum
-  by the layers' own weight-gradient kernels;
+  from the per-example gradients instantiated for the norms or by the layers' own weight-gradient kernels;
 - ``opacus``: Opacus' GradSampleModule and DPOptimizer (per-sample gradients by hooks), the reference.
 
 Units:
