@@ -254,7 +254,9 @@ def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int,
     without bias, since W_sn r_t = y_t − b) and m_i = Σ_t (u·g_t)(v·r_t) (v·r_t = a 1-channel convolution of
     the input). The clipped sum is (Σ_i w_i G_i − (Σ_i w_i c_i) u v^T) / σ.
     """
-    from dpmedgen.privacy.clipping import PerExample, _row_factors, bias_per_example, conv_weight_per_example, conv_weight_sum
+    from dpmedgen.privacy.clipping import (
+        PerExample, bias_per_example, conv_weight_per_example, conv_weight_sum, row_scales,
+    )
 
     w = module.weight.detach()
     u, v = module.u.to(w.dtype), module.v.to(w.dtype)
@@ -286,7 +288,7 @@ def _spectral_norm_conv_clipping_rule(module: SpectralNormConv2d, calls, b: int,
             if kept is not None:
                 s_sn = (c @ kept).view(w.shape[0], -1)
             else:
-                s_sn = conv_weight_sum(module, calls, _row_factors(c, calls, k)).flatten(1)
+                s_sn = conv_weight_sum(module, calls, row_scales(c, calls, k)).flatten(1)
             out[module.weight] = ((s_sn - (c @ inner) * torch.outer(u, v)) / sigma).reshape(w.shape)
         if bias is not None:
             out[module.bias] = c @ bias

@@ -208,7 +208,7 @@ def bias_per_example(module: nn.Module, calls: list[LayerCall], b: int, k: int) 
     return total
 
 
-def _row_factors(c: torch.Tensor, calls: list[LayerCall], k: int) -> list[torch.Tensor]:
+def row_scales(c: torch.Tensor, calls: list[LayerCall], k: int) -> list[torch.Tensor]:
     """The clip factor of each row of each call, shaped to scale that call's output gradient."""
     per_row = c.repeat_interleave(k) if k > 1 else c
     return [per_row.reshape(-1, *([1] * (call.g.dim() - 1))) for call in calls]
@@ -332,7 +332,7 @@ def conv_rule(module: nn.Conv2d, calls: list[LayerCall], b: int, k: int) -> PerE
             if kept is not None:
                 out[module.weight] = (c @ kept).reshape(module.weight.shape)
             else:
-                out[module.weight] = conv_weight_sum(module, calls, _row_factors(c, calls, k))
+                out[module.weight] = conv_weight_sum(module, calls, row_scales(c, calls, k))
         return out | ({module.bias: c @ bias} if bias is not None else {})
 
     return PerExample(sq, clipped_sum)
@@ -352,7 +352,7 @@ def factor_rule(module: nn.Module, calls: list[LayerCall], b: int, k: int) -> Pe
     def clipped_sum(c: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
         out: dict[nn.Parameter, torch.Tensor] = {}
         if train_w:
-            scales = _row_factors(c, calls, k)
+            scales = row_scales(c, calls, k)
             if isinstance(module, nn.Linear):
                 out[module.weight] = sum(
                     (call.g * s).reshape(-1, module.out_features).t() @ call.x.reshape(-1, module.in_features)
