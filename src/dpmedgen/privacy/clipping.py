@@ -459,6 +459,8 @@ class PerExampleClipper:
             return
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             return
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise UnsupportedLayer(f"{type(module).__name__} was called without a positional input tensor")
         self._calls.setdefault(module, []).append(LayerCall(x=args[0].detach(), y=output, version=output._version))
 
     @contextlib.contextmanager
