@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pandas as pd
 import torch
 from scipy import ndimage
-
-import pandas as pd
 
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.metrics.encoder import extract_features
@@ -70,8 +70,6 @@ def main() -> None:
         "shuffled": _shuffle_patches(train, 8, rng),
         "noise": rng.random(train.shape, dtype=np.float32),
     }
-    import h5py
-
     for path in args.samples:
         with h5py.File(path, "r") as f:
             fake = np.asarray(f["modalities"][modality][:n])

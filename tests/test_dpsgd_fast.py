@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import DiscriminatorOnly
 
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import TrainingData
 from dpmedgen.privacy.dpsgd import DPSGD, calibrate_noise_multiplier, prv_epsilon
 from dpmedgen.train import TrainConfig, train_model
-from conftest import DiscriminatorOnly
 
 BUILD = {
     "dcgan": lambda: MODELS.get("dcgan")(image_size=32, latent_dim=8, width=8),

@@ -58,20 +58,20 @@ torch.Size([4, 1, 3, 3])
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "PerExampleClipper",
     "LayerCall",
+    "PerExampleClipper",
+    "UnsupportedLayer",
+    "ghost_is_cheaper",
     "register_rule",
     "supported_layers",
-    "ghost_is_cheaper",
-    "UnsupportedLayer",
 ]
 
 #: Opacus' guard in the clip factor C / (norm + 1e-6): kept so that both paths clip identically.
@@ -150,7 +150,7 @@ def _per_example(rows: torch.Tensor, b: int, k: int) -> torch.Tensor:
 def factor_sq_norms(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """||Σ_t l_t r_t^T||_F² per example for left (b, p, T) and right (b, d, T): by ghost norm
     <L^T L, R^T R> or by instantiating L R^T, whichever `ghost_is_cheaper` says."""
-    b, p, t = left.shape
+    _, p, t = left.shape
     d = right.shape[1]
     if ghost_is_cheaper(t, p, d):
         gram = torch.bmm(left.transpose(1, 2), left)

@@ -38,12 +38,14 @@ and the last anchor is the ledger's value). The time spent in the accountant is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,8 +63,7 @@ def _opacus() -> SimpleNamespace:
     root_handlers = list(logging.getLogger().handlers)
     import opacus
     from opacus import PrivacyEngine
-    from opacus.accountants import PRVAccountant, RDPAccountant
-    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.accountants import PRVAccountant
     from opacus.data_loader import DPDataLoader
     from opacus.validators import ModuleValidator
 
@@ -75,9 +76,7 @@ def _opacus() -> SimpleNamespace:
         version=opacus.__version__,
         PrivacyEngine=PrivacyEngine,
         PRVAccountant=PRVAccountant,
-        RDPAccountant=RDPAccountant,
         DPDataLoader=DPDataLoader,
-        get_noise_multiplier=get_noise_multiplier,
         ModuleValidator=ModuleValidator,
     )
 
@@ -473,17 +472,14 @@ class DPSGD(PrivacyMode):
             self._slice_datasets[name].rng.bit_generator.state = rng_state
 
     # ------------------------------------------------------------------------------------------ accounting
+    @contextlib.contextmanager
     def _timed(self):
-        mode = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                mode.accounting_seconds += time.perf_counter() - self.t0
-
-        return _Timer()
+        """Add the time spent inside to `accounting_seconds`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.accounting_seconds += time.perf_counter() - t0
 
     @property
     def steps_taken(self) -> int:
