@@ -176,3 +176,32 @@ def test_discriminator_step_does_not_couple_patients_through_the_generated_batch
     public_b, norms_b = step(real)  # one more patient sampled
     assert all(torch.equal(public_a[p], public_b[p]) for p in public_a)
     torch.testing.assert_close(norms_b[:5], norms_a, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.05, 1e6])
+def test_public_gradient_is_capped_at_the_clipping_norm(max_grad_norm):
+    """The generated half's gradient is the exact gradient of the public loss scaled to norm min(||g||, C):
+    with a small C it has norm C (not 2C, not the raw norm), with a huge C it is the raw gradient."""
+    from dpmedgen.models.base import Player
+
+    torch.manual_seed(0)
+    model = BUILD["dcgan"]()
+    data = _data(1)
+    mode = DPSGD(target_epsilon=4.0, delta=1e-3, seed=5, max_grad_norm=max_grad_norm)
+    nets = model.networks()
+    opts = {p.name: torch.optim.Adam(nets[p.name].parameters()) for p in model.players()}
+    nets, opts, _ = mode.attach(model, nets, opts, data, 8, 10)
+    player = Player("discriminator", "discriminator", True)
+    torch.manual_seed(7)
+    mode.public_loss(model, player, nets, 8)
+    public = mode._public.pop("discriminator")
+    torch.manual_seed(7)
+    disc = nets["discriminator"]
+    params = [p for p in disc.parameters() if p.requires_grad]
+    raw = torch.autograd.grad(model.public_loss("discriminator", nets, 8), params)
+    raw_norm = float(torch.sqrt(sum((g**2).sum() for g in raw)))
+    norm = float(torch.sqrt(sum((g**2).sum() for g in public.values())))
+    assert raw_norm > 0.05 * 4  # the small cap binds
+    assert norm == pytest.approx(min(raw_norm, max_grad_norm), rel=1e-5)
+    for p, g in zip(params, raw):  # a scaled copy of the true gradient (direction kept)
+        torch.testing.assert_close(public[p], g * (norm / raw_norm), rtol=1e-5, atol=1e-9)

@@ -10,8 +10,12 @@ the expected batch size and take an optimizer step. The sensitivity of the clipp
 one unit is C, so each step is the sampled Gaussian mechanism with noise multiplier sigma and rate q. The
 part of a loss that reads no real data (`GenerativeModel.public_loss`: a GAN discriminator's loss on
 generated images, from the current weights and fresh latents) is differentiated on its own and added to
-the noisy update unclipped: it is a function of already released weights and public randomness, i.e.
-post-processing, and changes nothing in the analysis. The composition over `steps` steps is accounted with
+the noisy update: it is a function of already released weights and public randomness, i.e.
+post-processing, and changes nothing in the analysis. Its gradient is not clipped per example but, as a
+whole, scaled to L2 norm at most C (`cap_norm`): the real half's contribution, a mean of gradients of norm
+at most C, is at most C, and an uncapped generated half (per-example norms of 10-100 C early in training)
+would otherwise swamp it, teaching the discriminator only to reject generated images (measured on
+brain_phantom at epsilon 10: EfficientNet-FID 352 uncapped, 230 capped; non-private 199). The composition over `steps` steps is accounted with
 Opacus' PRV accountant (Gopi et al., 2021), whose `get_epsilon` returns an upper bound; sigma is calibrated
 so that this bound is within `CALIBRATION_TOLERANCE` below the target epsilon at the target delta.
 
@@ -177,6 +181,19 @@ def calibrate_noise_multiplier(
                 f_lo /= 2
             side = 1
     raise RuntimeError(f"dpsgd: noise calibration did not converge for epsilon {target_epsilon}")
+
+
+def cap_norm(grads: dict[nn.Parameter, torch.Tensor], max_norm: float) -> dict[nn.Parameter, torch.Tensor]:
+    """`grads` scaled by min(1, max_norm / ||grads||) (one L2 norm over all tensors): the public half of a
+    private player's gradient is bounded like one clipped real example, so neither half swamps the other.
+
+    >>> p = nn.Parameter(torch.zeros(2))
+    >>> cap_norm({p: torch.tensor([3.0, 4.0])}, 1.0)[p]
+    tensor([0.6000, 0.8000])
+    """
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))) if grads else 0.0
+    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    return {p: g * scale for p, g in grads.items()} if scale < 1.0 else grads
 
 
 class NoisyStep:
@@ -416,7 +433,8 @@ class DPSGD(PrivacyMode):
             if public is not None:
                 params = [p for p in net.parameters() if p.requires_grad]
                 grads = torch.autograd.grad(public, params, allow_unused=True)
-                self._public[player.name] = {p: g for p, g in zip(params, grads) if g is not None}
+                kept = {p: g for p, g in zip(params, grads) if g is not None}
+                self._public[player.name] = cap_norm(kept, self.max_grad_norm)
         finally:
             if hooks:
                 net.enable_hooks()
