@@ -132,7 +132,7 @@ def evaluate_run(
     members = select_split(everyone, splits, "train")
     held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
     member_pixels = members.modalities[modality]
-    carriers = np.isin(members.patient_id.astype(str), list(canary_patients(splits)))
+    carriers = pd.Series(members.patient_id.astype(str)).isin(canary_patients(splits)).to_numpy()
     if carriers.any():  # the members as trained on, marker included (see train.run.load_split_images)
         member_pixels = plant(member_pixels, carriers)
         inputs["canary"] = float(carriers.mean())

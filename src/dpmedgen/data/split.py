@@ -192,7 +192,7 @@ def select_split(images: ImageSet, splits: pd.DataFrame, split: str) -> ImageSet
     pids = splits.loc[splits["split"] == split, "patient_id"].astype(str).to_numpy()
     if len(pids) == 0:
         raise SplitError(f"split {split!r} has no patients")
-    mask = np.isin(images.patient_id, pids)
+    mask = pd.Series(images.patient_id).isin(pids).to_numpy()  # hashing: np.isin sorts object arrays (seconds)
     if not mask.any():
         raise SplitError(f"split {split!r} has {len(pids)} patient(s) but none of them has images in this set")
     subset = images.subset(mask)

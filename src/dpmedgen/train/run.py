@@ -41,7 +41,7 @@ def load_split_images(
     splits = read_splits(splits_parquet)
     part = select_split(images, splits, split)
     pixels = torch.from_numpy(np.stack([part.modalities[m] for m in modalities], axis=1)) * 2.0 - 1.0
-    carriers = np.isin(part.patient_id.astype(str), list(canary_patients(splits)))
+    carriers = pd.Series(part.patient_id.astype(str)).isin(canary_patients(splits)).to_numpy()
     if carriers.any():
         pixels = plant(pixels, carriers, low=-1.0, high=1.0)
     return TrainingData(images=pixels, patient_ids=part.patient_id, labels=part.label.astype(np.int64))
