@@ -118,6 +118,22 @@ def test_frechet_distance_matches_closed_form_on_gaussians():
     assert got == pytest.approx(11.25, rel=0.1)
 
 
+@pytest.mark.parametrize("n_fake", [40, 256])
+def test_low_rank_frechet_distance_equals_torchmetrics(n_fake):
+    """Fewer fake rows than dimensions: the n x n trace formula gives torchmetrics' FID (and scipy's)."""
+    from dpmedgen.metrics.fidelity import _frechet_distance_torchmetrics
+
+    rng = np.random.default_rng(1)
+    d = 300
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    a = torch.from_numpy(rng.normal(size=(900, d)) @ mix)
+    b = torch.from_numpy(rng.normal(size=(n_fake, d)) @ (1.3 * mix) + 0.2)
+    got = frechet_distance(a, b)
+    assert got == pytest.approx(_frechet_distance_torchmetrics(a, b), rel=1e-6)
+    assert got == pytest.approx(scipy_fid(a.numpy(), b.numpy()), rel=1e-5)
+    assert frechet_distance(a, a[:n_fake]) < got  # a subset of the same distribution is closer
+
+
 def test_fid_kid_identical_sets(real, real_features):
     f = real_features
     fid = frechet_distance(f, f)

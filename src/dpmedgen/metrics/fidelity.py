@@ -70,10 +70,36 @@ def _check(real_features: torch.Tensor, fake_features: torch.Tensor) -> tuple[to
 
 
 def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
-    """torchmetrics' FID formula on precomputed (N, D) features (float64 throughout)."""
+    """FID (Heusel et al., 2017) on precomputed (N, D) features, float64:
+    ||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^(1/2) S_f S_r^(1/2))^(1/2)).
+
+    With fewer fake rows n than feature dimensions D (256 samples, 1280-d features), S_f = X^T X / (n - 1)
+    for the centred fake rows X, and the non-zero eigenvalues of S_r^(1/2) S_f S_r^(1/2) are those of the
+    n x n symmetric matrix X S_r X^T / (n - 1): the trace term is the sum of their square roots (one
+    `eigvalsh` of n x n instead of a general D x D eigen-decomposition; the same value up to rounding,
+    tested against torchmetrics). Otherwise torchmetrics' `FrechetInceptionDistance` computes it.
+    """
+    real, fake = _check(real_features, fake_features)
+    if fake.shape[0] < fake.shape[1]:
+        return _frechet_distance_low_rank(real, fake)
+    return _frechet_distance_torchmetrics(real, fake)
+
+
+def _frechet_distance_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r = torch.cov(real.T)
+    centred = fake - mu_f
+    n = fake.shape[0]
+    inner = centred @ cov_r @ centred.T / (n - 1)
+    eig = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0)
+    trace_f = (centred**2).sum() / (n - 1)
+    value = ((mu_r - mu_f) ** 2).sum() + torch.trace(cov_r) + trace_f - 2 * eig.sqrt().sum()
+    return float(value)
+
+
+def _frechet_distance_torchmetrics(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    real, fake = _check(real_features, fake_features)
     metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]))
     metric.update(real, real=True)
     metric.update(fake, real=False)
