@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from dpmedgen.data.schema import read_image_set
-from dpmedgen.metrics.encoder import extract_features
+from dpmedgen.metrics.encoder import DEFAULT_INPUT_SIZE, extract_features
 from dpmedgen.metrics.fidelity import frechet_distance, kernel_distance, prdc_scores
 
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--samples", nargs="*", default=[])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="encoder input resolution")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(args.results) / args.dataset
@@ -74,10 +75,10 @@ def main() -> None:
         with h5py.File(path, "r") as f:
             fake = np.asarray(f["modalities"][modality][:n])
         sets[Path(path).parent.as_posix()] = fake
-    real_features = extract_features(test)
-    print(f"dataset={name} modality={modality} n={n} image_size={pixels.shape[-1]}")
+    real_features = extract_features(test, input_size=args.input_size)
+    print(f"dataset={name} modality={modality} n={n} image_size={pixels.shape[-1]} input_size={args.input_size}")
     for label, fake in sets.items():
-        fake_features = extract_features(fake.astype(np.float32))
+        fake_features = extract_features(fake.astype(np.float32), input_size=args.input_size)
         fid = frechet_distance(real_features, fake_features)
         kid, _ = kernel_distance(real_features, fake_features)
         prdc = prdc_scores(real_features, fake_features)
