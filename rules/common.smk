@@ -60,6 +60,26 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
+# Seeds in config order. Every job of an earlier seed outranks every job of a later one, so the first seed's
+# runs, evaluations and privacy-utility figure (FIRST_SEED_FIGURE) finish first, about half-way through a
+# two-seed study; within a seed, evaluation outranks training, so an interrupted study keeps whole runs.
+SEEDS = list(dict.fromkeys(r.seed for r in RUNS))
+SEED_PRIORITY_STEP = 100
+
+
+def seed_priority(base):
+    """Job priority `base` raised by SEED_PRIORITY_STEP for every seed that comes after this job's seed."""
+    return lambda w: base + SEED_PRIORITY_STEP * (len(SEEDS) - 1 - SEEDS.index(int(w.seed)))
+
+
+#: Jobs every seed's evaluations need (e.g. the real images' features) run before any seed's training.
+SHARED_PRIORITY = SEED_PRIORITY_STEP * len(SEEDS) + 10
+
+
+def seed_runs(seed):
+    return [r for r in RUNS if r.seed == int(seed)]
+
+
 def per_run(template, runs=RUNS):
     """`template` (with run wildcards) filled in for each run."""
     return [
@@ -78,11 +98,12 @@ def benchmark_paths(stage, runs=RUNS):
     return per_run(f"{BENCHMARKS}/{stage}/{RUN_ID}.tsv", runs)
 
 
-def downstream_reference_paths():
+def downstream_reference_paths(seeds=None):
     """The downstream family's real-data reference rows, one file per (dataset, seed), when it is evaluated."""
     if "downstream" not in config["evaluate"]["metrics"]:
         return []
-    return [f"{RESULTS}/{d}/downstream_reference/seed{s}.parquet" for d in config["datasets"] for s in config["seeds"]]
+    seeds = config["seeds"] if seeds is None else seeds
+    return [f"{RESULTS}/{d}/downstream_reference/seed{s}.parquet" for d in config["datasets"] for s in seeds]
 
 
 def train_inputs(wildcards):
@@ -155,10 +176,11 @@ def paper_targets():
 
 
 def study_targets():
-    """Everything `all` builds: the study tables, the paper set, the report's PNGs, Markdown/HTML tables and
-    every run's training curves."""
+    """Everything `all` builds: the study tables, the paper set, the report's PNGs, Markdown/HTML tables,
+    the first seed's early privacy-utility figure and every run's training curves."""
     targets = [f"{RESULTS}/metrics.parquet", f"{RESULTS}/privacy.parquet"] + paper_targets()
     targets += [t.replace(".pdf", ".png") for t in paper_targets() if t.endswith(".pdf")]
     for d in config["datasets"]:
         targets += [f"{TABLES}/{name}_{d}.{ext}" for name in ("main", "privacy") for ext in ("md", "html")]
+    targets += [f"{FIGURES}/{d}/seed{SEEDS[0]}/privacy_utility.png" for d in config["datasets"]]
     return targets + run_paths("training_curves.png")

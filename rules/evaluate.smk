@@ -18,7 +18,7 @@ rule real_features:
         f"{BENCHMARKS}/real_features/{{dataset}}.tsv"
     conda:
         ENV
-    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
+    priority: SHARED_PRIORITY  # every evaluation needs it (common.smk)
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
@@ -43,7 +43,7 @@ rule downstream_reference:
         f"{BENCHMARKS}/downstream_reference/{{dataset}}/seed{{seed}}.tsv"
     conda:
         ENV
-    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
@@ -76,13 +76,38 @@ rule evaluate:
         f"{BENCHMARKS}/evaluate/{RUN_ID}.tsv"
     conda:
         ENV
-    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
         runtime=resources(config, "evaluate")["runtime"],
     script:
         "../workflow_scripts/evaluate.py"
+
+
+rule aggregate_seed:
+    input:
+        metrics=lambda w: run_paths("metrics.parquet", seed_runs(w.seed)) + downstream_reference_paths([w.seed]),
+        ledgers=lambda w: run_paths("privacy.json", seed_runs(w.seed)),
+        train_benchmarks=lambda w: benchmark_paths("train", seed_runs(w.seed)),
+        generate_benchmarks=lambda w: benchmark_paths("generate", seed_runs(w.seed)),
+        evaluate_benchmarks=lambda w: benchmark_paths("evaluate", seed_runs(w.seed)),
+    output:
+        metrics=f"{RESULTS}/seed{{seed}}/metrics.parquet",
+        privacy=f"{RESULTS}/seed{{seed}}/privacy.parquet",
+    params:
+        runs=lambda w: [r.as_dict() for r in seed_runs(w.seed)],
+    log:
+        f"{LOGS}/aggregate/seed{{seed}}.log",
+    conda:
+        ENV
+    priority: seed_priority(20)  # the first seed's tables and figure as soon as its runs are done
+    threads: 1
+    resources:
+        mem_mb=resources(config, "aggregate")["mem_mb"],
+        runtime=resources(config, "aggregate")["runtime"],
+    script:
+        "../workflow_scripts/aggregate.py"
 
 
 rule aggregate:

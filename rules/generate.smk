@@ -18,7 +18,7 @@ rule generate:
         f"{BENCHMARKS}/generate/{RUN_ID}.tsv"
     conda:
         ENV
-    priority: 10  # finish started runs before training new ones: an interrupted study keeps whole runs
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     threads: 1
     resources:
         mem_mb=resources(config, "generate")["mem_mb"],

@@ -44,6 +44,20 @@ use rule plot_privacy_utility as plot_privacy_utility_model with:
         f"{BENCHMARKS}/plot/{{dataset}}/privacy_utility_{{model}}.tsv"
 
 
+use rule plot_privacy_utility as plot_privacy_utility_seed with:
+    input:
+        metrics=f"{RESULTS}/seed{{seed}}/metrics.parquet",
+        privacy=f"{RESULTS}/seed{{seed}}/privacy.parquet",
+    output:
+        png=f"{FIGURES}/{{dataset}}/seed{{seed}}/privacy_utility.png",
+        pdf=f"{FIGURES}/{{dataset}}/seed{{seed}}/privacy_utility.pdf",
+    log:
+        f"{LOGS}/plot/{{dataset}}/seed{{seed}}/privacy_utility.log",
+    benchmark:
+        f"{BENCHMARKS}/plot/{{dataset}}/seed{{seed}}/privacy_utility.tsv"
+    priority: seed_priority(30)  # the first figure of a study: one seed's runs (common.smk)
+
+
 rule plot_privacy_audit:
     input:
         metrics=f"{RESULTS}/metrics.parquet",
@@ -108,6 +122,7 @@ rule plot_training_curves:
         f"{LOGS}/plot/training_curves/{RUN_ID}.log",
     conda:
         ENV
+    priority: seed_priority(10)
     threads: 1
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],

@@ -23,6 +23,7 @@ rule train:
         f"{BENCHMARKS}/train/{RUN_ID}.tsv"
     conda:
         ENV
+    priority: seed_priority(0)  # the first seed's runs before the next seed's (common.smk)
     threads: resources(config, "train")["threads"]
     resources:
         mem_mb=resources(config, "train")["mem_mb"],
