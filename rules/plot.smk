@@ -110,27 +110,6 @@ rule plot_comparison:
         "../workflow_scripts/plot_comparison.py"
 
 
-rule plot_training_curves:
-    input:
-        train_log=f"{RUN_DIR}/train_log.csv",
-        ledger=f"{RUN_DIR}/privacy.json",
-    output:
-        report(f"{RUN_DIR}/training_curves.png", caption="../report/training_curves.rst",
-               category="4. Training", subcategory="{dataset}",
-               labels={"model": "{model}", "privacy": "{privacy}", "epsilon": "{epsilon}", "seed": "{seed}"}),
-    log:
-        f"{LOGS}/plot/training_curves/{RUN_ID}.log",
-    conda:
-        ENV
-    priority: seed_priority(10)
-    threads: 1
-    resources:
-        mem_mb=resources(config, "plot")["mem_mb"],
-        runtime=resources(config, "plot")["runtime"],
-    script:
-        "../workflow_scripts/plot_training_curves.py"
-
-
 rule plot_cost:
     input:
         metrics=f"{RESULTS}/metrics.parquet",

@@ -1,5 +1,6 @@
 # Train one (dataset, model, privacy, epsilon, seed) run; writes the checkpoint, the privacy ledger, the
-# per-epoch training log and progress sample grids. A killed job resumes from {RUN_DIR}/resume.pt when it
+# per-epoch training log, progress sample grids and the training curves (drawn in the same job: one process
+# per run instead of two). A killed job resumes from {RUN_DIR}/resume.pt when it
 # is run again (e.g. by --retries after a SLURM time limit or preemption).
 
 
@@ -11,6 +12,9 @@ rule train:
         ledger=f"{RUN_DIR}/privacy.json",
         train_log=f"{RUN_DIR}/train_log.csv",
         progress=directory(f"{RUN_DIR}/progress"),
+        curves=report(f"{RUN_DIR}/training_curves.png", caption="../report/training_curves.rst",
+                      category="4. Training", subcategory="{dataset}",
+                      labels={"model": "{model}", "privacy": "{privacy}", "epsilon": "{epsilon}", "seed": "{seed}"}),
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),

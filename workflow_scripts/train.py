@@ -2,6 +2,7 @@ from dpmedgen.runtime import start_job
 
 start_job(snakemake.log[0], snakemake.threads)
 
+from dpmedgen.plots.training import training_curves_figure
 from dpmedgen.runs import RunSpec
 from dpmedgen.train import train_run
 
@@ -22,3 +23,4 @@ train_run(
     reference_log=snakemake.input.get("reference_log"),
     reference_progress_dir=snakemake.input.get("reference_progress"),
 )
+training_curves_figure(snakemake.output.train_log, snakemake.output.ledger, [snakemake.output.curves])
