@@ -86,7 +86,12 @@ def test_ci_study_end_to_end(ci_study):
     figures = results / "figures" / "brain_phantom"
     expected = ["privacy_utility", "privacy_audit", "cost"]
     expected += [f"{kind}_{m}" for kind in ("privacy_utility", "comparison") for m in config["models"]]
-    assert sorted(f.name for f in figures.iterdir()) == sorted(f"{n}.{ext}" for n in expected for ext in ("png", "pdf"))
+    assert sorted(f.name for f in figures.iterdir() if f.is_file()) == sorted(
+        f"{n}.{ext}" for n in expected for ext in ("png", "pdf"))
+    first_seed = figures / f"seed{config['seeds'][0]}"  # the first seed's early figure, and only the first seed's
+    assert sorted(f.name for f in figures.iterdir() if f.is_dir()) == [first_seed.name]
+    assert sorted(f.name for f in first_seed.iterdir()) == ["privacy_utility.pdf", "privacy_utility.png"]
+    assert (first_seed / "privacy_utility.png").stat().st_size > 10_000
     for name in expected:
         assert (figures / f"{name}.png").stat().st_size > 10_000, name
         assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
@@ -164,8 +169,36 @@ def test_paper_target_plans_the_full_grid(tmp_path):
     n_models = 4
     assert counts["plot_comparison"] == counts["plot_privacy_utility_model"] == n_models
     assert counts["plot_privacy_utility"] == counts["plot_privacy_audit"] == counts["plot_cost"] == counts["tables"] == 1
-    assert "plot_training_curves" not in counts  # per-run curves are the report's, not the paper's
+    assert "plot_privacy_utility_seed" not in counts  # the first seed's early figure is the study's, not the paper's
     assert not (tmp_path / "results-paper").exists()
+
+
+@pytest.mark.integration
+def test_first_seed_runs_and_its_figure_outrank_the_next_seed(tmp_path):
+    """Priorities (dry run): every job of seed 0 outranks every job of seed 1, evaluation outranks training
+    within a seed, and `all` asks for seed 0's early privacy-utility figure."""
+    config = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+    config["seeds"] = [0, 1]
+    two = tmp_path / "two_seeds.yaml"
+    two.write_text(yaml.safe_dump(config))
+    proc = _snakemake(tmp_path, "-n", "all", config=two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", proc.stdout + proc.stderr):
+        rule = re.match(r"rule (\w+):", block)
+        seed = re.search(r"wildcards:.*\bseed=(\d+)", block)
+        if rule and seed:
+            priority = re.search(r"priority: (\d+)", block)
+            jobs.append((rule.group(1), int(seed.group(1)), int(priority.group(1)) if priority else 0))
+    by_seed = {s: [p for _, seed, p in jobs if seed == s] for s in (0, 1)}
+    assert by_seed[0] and by_seed[1], proc.stdout[-2000:]
+    assert min(by_seed[0]) > max(by_seed[1])
+    for seed in (0, 1):
+        train = {p for rule, s, p in jobs if rule == "train" and s == seed}
+        evaluate = {p for rule, s, p in jobs if rule == "evaluate" and s == seed}
+        assert min(evaluate) > max(train)
+    assert any(rule == "plot_privacy_utility_seed" and s == 0 for rule, s, _ in jobs)
+    assert not any(rule == "plot_privacy_utility_seed" and s == 1 for rule, s, _ in jobs)
 
 
 # --- the SLURM profile, against a live single-node cluster (tests/slurm/start_cluster.sh; CI starts it) ---
