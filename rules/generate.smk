@@ -12,6 +12,7 @@ rule generate:
     params:
         n_samples=config["generate"]["n_samples"],
         split=config["evaluate"].get("split", "test"),
+        randomness=config["privacy"]["randomness"],
     log:
         f"{LOGS}/generate/{RUN_ID}.log",
     benchmark:

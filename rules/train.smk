@@ -21,6 +21,7 @@ rule train:
         privacy_params=lambda w: privacy_params(config, w.privacy),
         delta=config["privacy"]["delta"],
         train=lambda w: train_settings(config, w.model),
+        randomness=config["privacy"]["randomness"],
     log:
         f"{LOGS}/train/{RUN_ID}.log",
     benchmark:

@@ -96,5 +96,6 @@ def train_toy_run(study: Path, out: Path, run, **overrides):
         model_params={"width": 8, "latent_dim": 8}, privacy_params={}, delta=1e-3,
         train={"steps": 4, "batch_size": 4, "device": "cpu"},
         checkpoint=out / "checkpoint.pt", ledger=out / "privacy.json", log_csv=out / "train_log.csv", progress=False,
+        randomness="deterministic",  # bit-identical reruns; tests of the secret setting pass "secret"
     )
     return train_run(run, **(kwargs | overrides))

@@ -14,4 +14,5 @@ generate_samples(
     images_h5=snakemake.input.images,
     splits_parquet=snakemake.input.splits,
     split=snakemake.params.split,
+    randomness=snakemake.params.randomness,
 )

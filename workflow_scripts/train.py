@@ -22,5 +22,6 @@ train_run(
     reference_checkpoint=snakemake.input.get("reference_checkpoint"),
     reference_log=snakemake.input.get("reference_log"),
     reference_progress_dir=snakemake.input.get("reference_progress"),
+    randomness=snakemake.params.randomness,
 )
 training_curves_figure(snakemake.output.train_log, snakemake.output.ledger, [snakemake.output.curves])

@@ -112,7 +112,7 @@ def check_config(config: dict[str, Any]) -> None:
     if not grid:
         raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
     for name, params in config["privacy"].items():
-        if name in ("modes", "epsilons", "delta"):
+        if name in ("modes", "epsilons", "delta", "randomness"):
             continue
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.{name}: unknown privacy mode; known: {PRIVACY_MODES.names()}")

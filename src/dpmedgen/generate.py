@@ -17,6 +17,7 @@ import torch
 from dpmedgen.data.schema import ImageSet, write_image_set
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, read_ledger
+from dpmedgen.privacy.randomness import check_randomness, new_secret, stream_seed
 from dpmedgen.train.run import load_model, load_split_images
 
 FUSED = "fused"
@@ -32,12 +33,14 @@ def generate_samples(
     images_h5: str | os.PathLike | None = None,
     splits_parquet: str | os.PathLike | None = None,
     split: str = "test",
+    randomness: str = "secret",
 ) -> ImageSet:
     """Write the run's samples (values in [0, 1]) to `out_h5` and return them.
 
     With the run's privacy `ledger`, its mode's `postprocess_samples` is applied before release
     (output perturbation adds its noise there). Fusion models need `images_h5` and `splits_parquet`
-    (the pairs of `split` are fused; `n_samples` is then ignored)."""
+    (the pairs of `split` are fused; `n_samples` is then ignored). The sampling latents come from the public
+    `seed`; the output-perturbation noise from a fresh OS secret unless `randomness` is "deterministic"."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
     torch.set_num_threads(threads)
@@ -62,7 +65,8 @@ def generate_samples(
     if ledger is not None:
         record = read_ledger(ledger)
         mode = PRIVACY_MODES.get(record["privacy"])
-        pixels = mode.postprocess_samples(pixels, record, np.random.default_rng([int(seed), 104729]))
+        noise_root = int(seed) if check_randomness(randomness) == "deterministic" else new_secret()
+        pixels = mode.postprocess_samples(pixels, record, np.random.default_rng(stream_seed(noise_root, "output_noise")))
     samples = ImageSet(
         modalities={modality: np.ascontiguousarray(pixels, dtype=np.float32)},
         **meta,

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dpmedgen.privacy.randomness import new_secret, stream_seed
+
 if TYPE_CHECKING:
     from dpmedgen.models.base import GenerativeModel, Player
 
@@ -109,13 +111,38 @@ class PrivacyMode(ABC):
     #: non-private run's checkpoint instead of training the same model again.
     reuses_nonprivate_training: ClassVar[bool] = False
 
-    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, unit: str = "patient") -> None:
+    def __init__(
+        self, *, target_epsilon: float, delta: float, seed: int | None = None, unit: str = "patient"
+    ) -> None:
+        """`seed`: the root of the mode's random streams (noise, sampling, slice choice). None (default) draws
+        a fresh 128-bit secret from the OS (`dpmedgen.privacy.randomness`); an integer makes the mode
+        deterministic, which is for tests only: a mode seeded from a public number is not a DP release."""
         if unit not in UNITS:
             raise ValueError(f"{self.name}: unit must be one of {UNITS}; got {unit!r}")
         self.target_epsilon = float(target_epsilon)
         self.delta = float(delta)
-        self.seed = seed
+        self.randomness = "secret" if seed is None else "deterministic"
+        self.seed = new_secret() if seed is None else int(seed)
         self.unit = unit
+
+    def rng_seed(self, stream: str, index: int = 0) -> int:
+        """The seed of one random stream of this mode (e.g. "noise", "sampling" of the `index`-th network),
+        derived from the mode's root; streams of distinct names or indices are independent."""
+        return stream_seed(self.seed, stream, index)
+
+    def restore_root(self, root: int) -> None:
+        """Take the random root of an interrupted run (from its private resume file) before `attach`, so that
+        a resumed run redraws exactly the releases and streams it had drawn."""
+        self.seed = int(root)
+
+    def full_ledger(self) -> dict[str, Any]:
+        """`ledger()` plus what every mode states: where its randomness came from and whether the run is a DP
+        release (a formal guarantee whose noise is secret; a deterministic run is not, whatever its epsilon)."""
+        record = self.ledger()
+        return record | {
+            "randomness": self.randomness,
+            "dp_release": record["guarantee"] == "formal" and self.randomness == "secret",
+        }
 
     #: Model kinds (`GenerativeModel.kind`) the mode applies to.
     supported_kinds: ClassVar[frozenset[str]] = frozenset({"gan", "fusion", "diffusion"})
@@ -128,7 +155,7 @@ class PrivacyMode(ABC):
     def make_loader(self, data: TrainingData, batch_size: int, index: int = 0) -> DataLoader:
         """Loader over released training examples for the `index`-th player that reads real data
         (default: shuffled examples, full batches, an independent shuffle per player)."""
-        gen = torch.Generator().manual_seed(self.seed * 1000 + index)
+        gen = torch.Generator().manual_seed(self.rng_seed("shuffle", index))
         return DataLoader(ImageDataset(data), batch_size=min(batch_size, data.n_images), shuffle=True, drop_last=True, generator=gen)
 
     def attach(

@@ -285,7 +285,7 @@ class DPSGD(PrivacyMode):
         *,
         target_epsilon: float,
         delta: float,
-        seed: int = 0,
+        seed: int | None = None,
         max_grad_norm: float = 1.0,
         unit: str = "patient",
         clipping: str = "fast",
@@ -341,7 +341,7 @@ class DPSGD(PrivacyMode):
             self.noise_multiplier = calibrate_noise_multiplier(
                 self.target_epsilon, self.delta, self.sample_rate, self.planned_steps
             )
-        self._noise_generator = torch.Generator().manual_seed(self.seed + 1)
+        self._noise_generator = torch.Generator().manual_seed(self.rng_seed("noise"))
         self._slice_datasets = {}
         if self.clipping == "opacus":
             with warnings.catch_warnings():
@@ -368,14 +368,14 @@ class DPSGD(PrivacyMode):
 
     def _loader(self, data, batch_size: int, index: int, name: str) -> DataLoader:
         if self.unit == "patient":
-            dataset = PatientSliceDataset(data, seed=self.seed * 1000 + index)
+            dataset = PatientSliceDataset(data, seed=self.rng_seed("slices", index))
             self._slice_datasets[name] = dataset
         else:
             dataset = ImageDataset(data)
         return DataLoader(
             dataset,
             batch_size=min(batch_size, self.n_units),
-            generator=torch.Generator().manual_seed(self.seed * 1000 + 500 + index),
+            generator=torch.Generator().manual_seed(self.rng_seed("sampling", index)),
         )
 
     def _make_opacus(self, engine, name, nets, optimizers, loader):
@@ -578,7 +578,7 @@ class DPSGD(PrivacyMode):
             + (", one uniformly drawn slice per sampled patient" if self.unit == "patient" else ""),
             "accountant": f"opacus.accountants.PRVAccountant (upper bound), opacus {_opacus().version}",
             "protected_networks": list(self.private_players),
-            "randomness": "torch.Generator seeded from the run seed (reproducible; Opacus secure_mode off, so not "
-            "a cryptographically secure source)",
+            "noise_source": "torch.Generator / numpy Generator streams seeded from the mode's random root (see "
+            "`randomness`; not cryptographically secure generators, as Opacus with secure_mode off)",
             "steps_per_network": self.steps_taken // max(len(self.private_players), 1),
         }

@@ -66,8 +66,8 @@ the target epsilon:
   Laplace:  b = laplace_scale(eps, Delta_1,unit) per coordinate (b = Delta_1 / eps): eps-DP, delta = 0.
 The ledger reports the epsilon of both units for the same noise, each computed by the accountant
 (`gaussian_epsilon(sigma, Delta, delta)` / `laplace_epsilon(b, Delta)`) at Delta = Delta_per_image and
-k * Delta_per_image. The noise is drawn once from a numpy Generator seeded with `seed` (reproducible;
-not a cryptographically secure source).
+k * Delta_per_image. The noise is drawn once from a numpy Generator seeded from the mode's random root
+(`dpmedgen.privacy.randomness`: a per-run secret by default; not a cryptographically secure generator).
 
 Post-processing (free by the post-processing property of DP)
 ------------------------------------------------------------
@@ -179,7 +179,7 @@ class FunctionalMechanism(PrivacyMode):
         *,
         target_epsilon: float,
         delta: float,
-        seed: int = 0,
+        seed: int | None = None,
         unit: str = "patient",
         noise: str = "gaussian",
         feature_size: int = 8,
@@ -238,7 +238,7 @@ class FunctionalMechanism(PrivacyMode):
         counts = data.images_per_patient()
         if self.max_images_cap is None:
             return data.images, int(counts.max())
-        rng = np.random.default_rng([self.seed, 1])
+        rng = np.random.default_rng(self.rng_seed("image_cap"))
         keep = np.zeros(data.n_images, dtype=bool)
         for patient in range(data.n_patients):
             idx = np.flatnonzero(data.patient_index == patient)
@@ -314,7 +314,7 @@ class FunctionalMechanism(PrivacyMode):
 
         # The release: the only read of real data.
         exact = self._exact_coefficients(head.psi, used)
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.rng_seed("functional_noise"))
         if self.noise == "gaussian":
             noise = rng.normal(0.0, self._noise_scale, size=exact.shape)
         else:
@@ -362,8 +362,8 @@ class FunctionalMechanism(PrivacyMode):
         return {} if self._released is None else {"released": torch.from_numpy(self._released)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """A resumed run keeps the first release (re-releasing with the same seed would give the same
-        vector; keeping it makes that explicit)."""
+        """A resumed run keeps the first release (re-releasing from the restored random root would give the
+        same vector; keeping it makes that explicit)."""
         if "released" in state:
             self._set_coefficients(state["released"].numpy())
 
@@ -418,6 +418,7 @@ class FunctionalMechanism(PrivacyMode):
                 f"{'sqrt(3)' if gaussian else '3'} from ||psi|| <= 1; patient-level by group sensitivity k*Delta; "
                 "training is post-processing"
             ),
-            "noise_rng": f"numpy.random.default_rng({self.seed}) (reproducible, not cryptographically secure)",
+            "noise_source": "numpy Generator seeded from the mode's random root (see `randomness`; not a "
+            "cryptographically secure generator)",
             "protected_networks": ["discriminator head"],
         }

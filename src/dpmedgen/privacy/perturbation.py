@@ -73,7 +73,7 @@ class InputPerturbation(PrivacyMode):
 
     noise: ClassVar[str] = ""
 
-    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0, unit: str = "patient") -> None:
+    def __init__(self, *, target_epsilon: float, delta: float, seed: int | None = None, unit: str = "patient") -> None:
         super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, unit=unit)
         _check_target(self)
         self.scale: float | None = None
@@ -87,7 +87,7 @@ class InputPerturbation(PrivacyMode):
         k = self.max_images_per_patient if self.unit == "patient" else 1
         self.scale = image_noise_scale(self.noise, self.target_epsilon, self.delta, self.n_pixels, images=k)
         pixels = ((data.images.cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
-        released = add_image_noise(pixels, self.noise, self.scale, np.random.default_rng([self.seed, 7919]))
+        released = add_image_noise(pixels, self.noise, self.scale, np.random.default_rng(self.rng_seed("input_noise")))
         # Post-processing: clip back to the pixel range and return to the model's [-1, 1] scale.
         images = torch.from_numpy(released.clip(0.0, 1.0) * 2.0 - 1.0).to(data.images.dtype).to(data.images.device)
         return TrainingData(images=images, patient_ids=data.patient_ids)
@@ -153,7 +153,7 @@ class OutputPerturbation(PrivacyMode):
     noise: ClassVar[str] = ""
     reuses_nonprivate_training = True
 
-    def __init__(self, *, target_epsilon: float, delta: float, seed: int = 0) -> None:
+    def __init__(self, *, target_epsilon: float, delta: float, seed: int | None = None) -> None:
         # No unit to choose: the noise is per released image, and there is no guarantee for training data.
         super().__init__(target_epsilon=target_epsilon, delta=delta, seed=seed, unit="image")
         _check_target(self)

@@ -17,8 +17,9 @@ DP-SGD reports the PRV bound at the next of a few step counts fixed in advance, 
 it is filled every max(1, epochs // 50) epochs and after the last one (blank in between).
 
 Every `checkpoint_every` epochs the full training state is written atomically to `resume_path`: model,
-optimizers, the privacy mode's state (accountant history, noise and sampling generators) and every RNG
-(python, numpy, torch, loaders). Checkpoints fall on epoch boundaries, where no data-loader iterator is
+optimizers, the privacy mode's state (accountant history, noise and sampling generators) and random root
+(a secret in the default setting: this private file is the only place it is kept, and it is removed when
+the run completes), and every RNG (python, numpy, torch, loaders). Checkpoints fall on epoch boundaries, where no data-loader iterator is
 alive, so a run killed at any point and started again with the same arguments resumes from its last
 checkpoint and ends with bit-identical weights and the same epsilon as an uninterrupted run (on CPU,
 where the engine switches on deterministic algorithms). A checkpoint written with different settings
@@ -50,7 +51,7 @@ from dpmedgen.privacy.base import PrivacyMode, TrainingData
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 ROLES = ("generator", "discriminator", "denoiser")
 DEFAULT_LR = {"generator": 2e-4, "discriminator": 2e-4, "denoiser": 2e-4}
 
@@ -274,6 +275,10 @@ def train_model(
         p.name: torch.optim.Adam(nets[p.name].parameters(), lr=cfg.lr[p.role], betas=(cfg.beta1, cfg.beta2))
         for p in players
     }
+    resume = Path(resume_path) if resume_path is not None else None
+    state = _load_resume(resume, run_fingerprint, run_name)
+    if state is not None:  # before attach: a resumed run redraws the releases attach makes from the same root
+        privacy.restore_root(int(state["random_root"], 16))
     nets, opts, loaders = privacy.attach(model, nets, opts, data, cfg.batch_size, cfg.steps)
     epoch_steps = _epoch_length(loaders, data, cfg.batch_size)
     n_epochs = math.ceil(cfg.steps / epoch_steps)
@@ -282,8 +287,6 @@ def train_model(
 
     rows: list[dict[str, float]] = []
     start_epoch = 0
-    resume = Path(resume_path) if resume_path is not None else None
-    state = _load_resume(resume, run_fingerprint, run_name)
     if state is not None:
         for name, net_state in state["networks"].items():
             _unwrap(nets[name]).load_state_dict(net_state)
@@ -317,6 +320,9 @@ def train_model(
                 "networks": {name: _unwrap(net).state_dict() for name, net in nets.items()},
                 "optimizers": {name: _optimizer_state(opt) for name, opt in opts.items()},
                 "privacy": privacy.state_dict(),
+                # the privacy mode's random root (a secret in the default setting): kept only in this private
+                # file, which is removed when the run completes
+                "random_root": format(privacy.seed, "x"),
                 "rng": _rng_state(loaders),
                 "rows": rows,
             },

@@ -21,6 +21,7 @@ from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.models import MODELS, GenerativeModel
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, TrainingData, compose_parallel, write_ledger
+from dpmedgen.privacy.randomness import check_randomness
 from dpmedgen.runs import RunSpec
 from dpmedgen.train.engine import TrainConfig, fingerprint, seed_everything, train_model
 
@@ -78,6 +79,7 @@ def train_run(
     reference_log: str | os.PathLike | None = None,
     reference_progress_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    randomness: str = "secret",
 ) -> dict[str, Any]:
     """Train `run` and write its checkpoint, privacy ledger, per-epoch training log and (in
     `progress_dir`) sample grids; return the ledger.
@@ -95,10 +97,16 @@ def train_run(
     ceil(steps / K) steps; the checkpoint holds every class's weights (`load_model` returns a
     `ClassMixture`), the ledger is their parallel composition (`compose_parallel`), the log has a `class`
     column, and each class has its own resume file (`resume_class<k>.pt`) and progress grids.
+
+    `randomness` (`dpmedgen.privacy.randomness`): "secret" (default) gives every privacy-mode instance (this
+    run, each class generator) its own 128-bit root from the OS, kept only in the resume files; "deterministic"
+    derives it from the public run seed (bit-identical reruns; not a DP release, and the ledger says so).
     """
+    check_randomness(randomness)
 
     def new_privacy_mode(seed: int):
-        return PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=seed, **privacy_params)
+        root = seed if randomness == "deterministic" else None  # None: a fresh secret
+        return PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=root, **privacy_params)
 
     privacy = new_privacy_mode(run.seed)
     identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
@@ -117,7 +125,7 @@ def train_run(
     if privacy.reuses_nonprivate_training:
         state = _reference_state(run, reference_checkpoint)
         privacy.set_output_shape(tuple(state["output_shape"]))
-        record = privacy.ledger() | identity | sizes | {"trained_by": state["run"]}
+        record = privacy.full_ledger() | identity | sizes | {"trained_by": state["run"]}
         if "classes" in state:
             record["class_generators"] = list(state["classes"])
         state["run"] = run.as_dict()
@@ -143,7 +151,7 @@ def train_run(
         """Train `model` on `part`; `tag` names its resume file and progress grids ("" for a single model)."""
         resume = Path(checkpoint).with_name(f"resume{tag}.pt")
         run_fingerprint = fingerprint(
-            run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta,
+            run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta, randomness=randomness,
             train=cfg.fingerprint_fields(), modalities=modalities, tag=tag,
             data=hashlib.sha256(part.images.numpy().tobytes()).hexdigest(),
         )
@@ -164,7 +172,7 @@ def train_run(
     if not (cfg.class_generators and model.kind != "fusion" and not unlabelled):
         rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
         # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
-        record = privacy.ledger() | identity | sizes
+        record = privacy.full_ledger() | identity | sizes
         state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
         resumes = [resume]
     else:
@@ -182,7 +190,7 @@ def train_run(
             mode = new_privacy_mode(class_seed)
             class_log = Path(log_csv).with_name(f".{Path(log_csv).stem}_class{label}.csv")
             rows, resume = train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
-            ledgers[label] = mode.ledger() | {"n_train_images": part.n_images, "n_train_patients": part.n_patients}
+            ledgers[label] = mode.full_ledger() | {"n_train_images": part.n_images, "n_train_patients": part.n_patients}
             state_dicts.append(component.state_dict())
             final_logs[f"class{label}"] = rows[-1] if rows else {}
             logs.append(pd.read_csv(class_log).assign(**{"class": label}))
