@@ -122,10 +122,20 @@ def _float(x: Any) -> float:
 # training curves
 
 
+GENERATED_SUFFIX = "_generated"  # a protected network's loss on generated data (dpmedgen.train.engine)
+
+
 def _loss_title(column: str) -> str:
-    words = column[len(LOSS_PREFIX):].split("_")
+    name = column[len(LOSS_PREFIX):]
+    generated = name.endswith(GENERATED_SUFFIX)
+    words = name.removesuffix(GENERATED_SUFFIX).split("_")
     words = [w.upper() if w.lower() in {"mri", "pet", "ct", "gan"} else w for w in words]
-    return " ".join(words) + " loss"
+    return " ".join(words) + (" loss on generated images" if generated else " loss")
+
+
+def _protected_log(ledger: Mapping[str, Any] | None) -> bool:
+    """A run whose networks read real data under DP-SGD: its log releases no loss on real data."""
+    return bool(ledger) and ledger.get("mechanism") == "dpsgd"
 
 
 def _class_colors(privacy: str | None, n: int) -> list[str]:
@@ -217,13 +227,15 @@ def plot_training_curves(
     accounting" instead of an empty or infinite plot.
 
     ``ledger``: the run's ``privacy.json`` (a path or the parsed mapping) or None. ``title`` defaults to the
-    run's identity from the ledger. Raises ValueError naming the file when the log is empty, has no
-    ``step`` column or no ``loss_*`` column.
+    run's identity from the ledger. A DP-SGD run's log holds only losses on generated data
+    (``loss_<network>_generated``), and none for a network without a generated half (a denoiser): its panel
+    then says so. Raises ValueError naming the file when the log is empty, has no ``step`` column or, for a
+    run that DP-SGD does not protect, no ``loss_*`` column.
     """
     df, source = _read_log(train_log)
     ledger = read_ledger(ledger)
     loss_cols = [c for c in df.columns if str(c).startswith(LOSS_PREFIX)]
-    if not loss_cols:
+    if not loss_cols and not _protected_log(ledger):
         raise ValueError(f"{source}: training log has no '{LOSS_PREFIX}*' column; columns: {list(map(str, df.columns))}")
     for c in loss_cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -237,7 +249,8 @@ def plot_training_curves(
         raise ValueError(f"EMA span must be >= 1, got {span}")
     smoothed = span > 1
 
-    n = len(loss_cols) + 1
+    n_loss_panels = max(len(loss_cols), 1)
+    n = n_loss_panels + 1
     ncols = 2 if n == 4 else min(n, 3)
     nrows = math.ceil(n / ncols)
     fig = new_figure(2.45 * ncols, 1.95 * nrows + 0.45)
@@ -276,8 +289,12 @@ def plot_training_curves(
         ax.set_xlabel(xlabel)
     if dropped:
         warnings.warn(f"{source}: {dropped} non-finite loss values not drawn")
+    if not loss_cols:  # e.g. a DP-SGD denoiser: its only loss is on real data, which the log does not release
+        axes[0].text(0.5, 0.5, "no loss released:\nthe protected networks' losses\nare statistics of real training data",
+                     ha="center", va="center", transform=axes[0].transAxes, color="#555555")
+        axes[0].set_axis_off()
 
-    eps_ax = axes[len(loss_cols)]
+    eps_ax = axes[n_loss_panels]
     eps_handles = _plot_epsilon(eps_ax, groups, ledger, xlabel)
     for ax in axes[n:]:
         ax.set_axis_off()

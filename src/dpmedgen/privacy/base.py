@@ -200,6 +200,13 @@ class PrivacyMode(ABC):
         """The scalar that is back-propagated: the batch mean (DP-SGD overrides: a sum, see dpsgd.py)."""
         return losses.mean() if losses.numel() else losses.sum()
 
+    def protects(self, player: Player) -> bool:
+        """True when the mode makes `player`'s updates private while it reads real data (DP-SGD's networks): its
+        loss on the real batch and the batch's size are then statistics of training data outside the ledger,
+        and the training log releases only its loss on generated data. Modes that release the data first
+        (input perturbation, the functional mechanism) or claim no guarantee protect no player."""
+        return False
+
     def clips_per_example(self, player: Player) -> bool:
         """True when the player's per-example gradients are clipped (DP-SGD); mixed precision is then off."""
         return False

@@ -464,6 +464,9 @@ class DPSGD(PrivacyMode):
     def clips_per_example(self, player) -> bool:
         return player.name in self.private_players
 
+    def protects(self, player) -> bool:
+        return player.name in self.private_players
+
     def before_step(self, model, player, net) -> None:
         k = model.replicas(player.name)
         if k > 1 and player.name in self.private_players and self.clipping == "opacus":

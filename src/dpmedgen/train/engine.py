@@ -12,6 +12,14 @@ steps for Poisson sampling (each step samples every unit with probability q), an
 when no loader exists (the functional mechanism reads no data during training). Training lasts exactly
 `steps` optimizer steps per player; the last epoch may be cut short. The CSV log has one row per epoch.
 
+The log is a released file, so it carries no statistic of real training data outside the privacy ledger:
+for a network that the privacy mode protects while it reads real data (`PrivacyMode.protects`: DP-SGD), it
+holds only the network's loss on generated data (`loss_<network>_generated`, the public part of its loss,
+from released weights and fresh latents) and no `real_batch` (the Poisson batch size is a count of real
+patients). Other networks' losses (`loss_<network>`) are post-processing: of released weights (a DP-SGD
+GAN's generator), of a release (input perturbation, the functional mechanism), or of a run that claims
+no guarantee.
+
 The `epsilon` column is an upper bound on the privacy mode's epsilon spent so far (`epsilon_for_log`:
 DP-SGD reports the PRV bound at the next of a few step counts fixed in advance, exact after the last step);
 it is filled every max(1, epochs // 50) epochs and after the last one (blank in between).
@@ -297,16 +305,24 @@ def train_model(
         rows, start_epoch = state["rows"], state["epoch"]
         log.info("%s: resuming from %s after epoch %d (step %d)", run_name, resume, start_epoch, start_epoch * epoch_steps)
 
-    fieldnames = ["epoch", "step"] + [f"loss_{p.name}" for p in players] + ["real_batch", "epsilon", "seconds_per_step"]
+    protected = [p.name for p in players if privacy.protects(p)]
     fh = None
     writer = None
-    if log_csv is not None:
-        Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_csv, "w", newline="")
-        writer = csv.DictWriter(fh, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write_rows(new_rows: list[dict[str, float]]) -> None:
+        """Append to the CSV log; its columns are those of the first row (every row has the same keys)."""
+        nonlocal fh, writer
+        if log_csv is None or not new_rows:
+            return
+        if writer is None:
+            Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
+            fh = open(log_csv, "w", newline="")
+            writer = csv.DictWriter(fh, fieldnames=list(new_rows[0]))
+            writer.writeheader()
+        writer.writerows(new_rows)
         fh.flush()
+
+    write_rows(rows)
 
     def checkpoint(epoch: int) -> None:
         if resume is None:
@@ -336,35 +352,42 @@ def train_model(
             iters = {name: iter(loader) for name, loader in loaders.items()}
             sums = {p.name: 0.0 for p in players}
             counts = {p.name: 0 for p in players}
+            public_sums = {p.name: 0.0 for p in players}
+            public_counts = {p.name: 0 for p in players}
             n_real, t0 = 0, time.perf_counter()
             steps_this_epoch = min(epoch_steps, cfg.steps - step)
             for _ in range(steps_this_epoch):
                 step += 1
                 for player in players:
-                    loss, b = _update(model, player, nets, opts, iters, privacy, cfg.batch_size, device, use_amp, players)
+                    loss, b, public = _update(
+                        model, player, nets, opts, iters, privacy, cfg.batch_size, device, use_amp, players
+                    )
                     if not math.isfinite(loss):
-                        raise TrainingDiverged(f"{run_name}: non-finite {player.name} loss at step {step} ({loss})")
+                        raise TrainingDiverged(f"{run_name}: non-finite {player.name} loss at step {step}")
                     sums[player.name] += loss
                     counts[player.name] += b
+                    if public is not None:
+                        public_sums[player.name] += public
+                        public_counts[player.name] += 1
                     if player.reads_real_data and player.name in iters:
                         n_real += b
                 bar.update(1)
             seconds = time.perf_counter() - t0
             last = epoch == n_epochs
-            row = {
-                "epoch": epoch,
-                "step": step,
-                **{f"loss_{p.name}": sums[p.name] / max(counts[p.name], 1) for p in players},
+            row: dict[str, float] = {"epoch": epoch, "step": step}
+            for p in players:
+                if p.name not in protected:
+                    row[f"loss_{p.name}"] = sums[p.name] / max(counts[p.name], 1)
+                elif public_counts[p.name]:  # a protected network: only its loss on generated data is released
+                    row[f"loss_{p.name}_generated"] = public_sums[p.name] / public_counts[p.name]
+            if not protected:  # the Poisson batch size of a protected network is a count of real data
                 # real examples read per step (0 once the functional mechanism has released its statistics)
-                "real_batch": n_real / steps_this_epoch,
-                # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
-                "epsilon": privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan"),
-                "seconds_per_step": seconds / steps_this_epoch,
-            }
+                row["real_batch"] = n_real / steps_this_epoch
+            # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
+            row["epsilon"] = privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan")
+            row["seconds_per_step"] = seconds / steps_this_epoch
             rows.append(row)
-            if writer is not None:
-                writer.writerow(row)
-                fh.flush()
+            write_rows([row])
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in row.items() if k.startswith("loss_")}
                             | ({"eps": f"{row['epsilon']:.2f}"} if math.isfinite(row["epsilon"]) else {}))
             if on_grid is not None and ((cfg.grid_every and epoch % cfg.grid_every == 0) or last):
@@ -397,10 +420,10 @@ def _update(
     device: torch.device,
     use_amp: bool,
     players: list[Player],
-) -> tuple[float, int]:
-    """One optimizer step of `player`; returns (summed loss, number of examples). The summed loss adds
-    the public part (e.g. a discriminator's loss on generated images) once per example, so that its mean is
-    the loss the update descends."""
+) -> tuple[float, int, float | None]:
+    """One optimizer step of `player`; returns (summed loss, number of examples, public part or None). The
+    summed loss adds the public part (e.g. a discriminator's loss on generated images) once per example, so
+    that its mean is the loss the update descends; the public part alone reads no real data."""
     real = _as_batch(next(iters[player.name])).to(device) if player.name in iters else None
     opt = opts[player.name]
     others = [nets[p.name] for p in players if p.name != player.name]
@@ -415,5 +438,6 @@ def _update(
     privacy.before_step(model, player, nets[player.name])
     opt.step()
     b = int(losses.shape[0])
-    total = float(losses.detach().float().sum()) + (float(public.detach().float()) * b if public is not None else 0.0)
-    return total, b
+    public_value = float(public.detach().float()) if public is not None else None
+    total = float(losses.detach().float().sum()) + (public_value * b if public_value is not None else 0.0)
+    return total, b, public_value
