@@ -13,7 +13,7 @@ from conftest import DiscriminatorOnly
 
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import TrainingData
-from dpmedgen.privacy.dpsgd import DPSGD, calibrate_noise_multiplier, prv_epsilon
+from dpmedgen.privacy.dpsgd import DPSGD, calibrate_noise_multiplier, dpsgd_epsilon
 from dpmedgen.train import TrainConfig, train_model
 
 BUILD = {
@@ -125,9 +125,39 @@ def test_noise_std_is_sigma_c_over_expected_batch(clipping, scale):
 def test_calibration_meets_the_target_within_tolerance():
     for target, q, steps in [(1.0, 0.1, 500), (10.0, 0.25, 2000), (4.0, 0.02, 3000)]:
         sigma = calibrate_noise_multiplier(target, 1e-5, q, steps)
-        eps = prv_epsilon(sigma, q, steps, 1e-5)
+        eps = dpsgd_epsilon([(sigma, q, steps)], 1e-5)
         assert target - 0.01 <= eps <= target
-        assert prv_epsilon(sigma * 0.99, q, steps, 1e-5) > eps  # less noise, more epsilon: monotone
+        assert dpsgd_epsilon([(sigma * 0.99, q, steps)], 1e-5) > eps  # less noise, more epsilon: monotone
+
+
+@pytest.mark.parametrize(
+    "sigma, q, steps, delta", [(2.64, 128 / 2800, 200, 1e-5), (1.2, 128 / 2800, 200, 1e-4), (2.0, 0.25, 30, 1e-3)]
+)
+def test_replace_one_epsilon_lies_between_add_remove_and_its_group_of_two(sigma, q, steps, delta):
+    """A cross-check of the replace-one PLD bound against Opacus' PRV accountant (add/remove), an independent
+    implementation: replacing a patient is removing one and adding one, so
+    eps_add/remove(delta) <= eps_replace(delta) <= 2 eps_add/remove(delta / (1 + e^eps_add/remove))
+    (group privacy at size 2, Dwork & Roth 2014 Thm 2.2)."""
+    from opacus.accountants import PRVAccountant
+
+    def prv(delta):
+        accountant = PRVAccountant()
+        accountant.history = [(sigma, q, steps)]
+        return accountant.get_epsilon(delta=delta)
+
+    replace = dpsgd_epsilon([(sigma, q, steps)], delta)
+    add_remove = prv(delta)
+    assert add_remove < replace
+
+    def within(log_d: float) -> bool:  # the group-of-two delta d (1 + e^eps(d)) stays within delta
+        return math.exp(log_d) * (1 + math.exp(prv(math.exp(log_d)))) <= delta
+
+    lo, hi = math.log(delta) - 12, math.log(delta)  # the largest such inner delta, by bisection
+    assert within(lo)
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if within(mid) else (lo, mid)
+    assert replace <= 2 * prv(math.exp(lo))
 
 
 def test_log_epsilon_is_an_upper_bound_and_exact_at_the_end():
@@ -142,9 +172,9 @@ def test_log_epsilon_is_an_upper_bound_and_exact_at_the_end():
     logged = [(r["step"], r["epsilon"]) for r in rows if math.isfinite(r["epsilon"])]
     assert len(logged) > len(LOG_ANCHORS)
     for step, eps in logged:
-        assert eps >= prv_epsilon(mode.noise_multiplier, mode.sample_rate, step, 1e-3) - 1e-12
+        assert eps >= dpsgd_epsilon([(mode.noise_multiplier, mode.sample_rate, step)], 1e-3) - 1e-12
     assert logged[-1][1] == mode.ledger()["epsilon"]
-    assert len(mode._epsilon_cache) <= len(LOG_ANCHORS) + 1  # PRV is queried at the anchors only
+    assert len(mode._epsilon_cache) <= len(LOG_ANCHORS) + 1  # the accountant is queried at the anchors only
     assert mode.accounting_seconds > 0
 
 

@@ -12,7 +12,9 @@ from torch import nn
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import TrainingData, validate_ledger
 from dpmedgen.privacy.functional import (
+    L1_NORM_BOUND,
     L1_SENSITIVITY_PER_IMAGE,
+    L2_NORM_BOUND,
     L2_SENSITIVITY_PER_IMAGE,
     FeatureMap,
     FunctionalDiscriminator,
@@ -22,7 +24,8 @@ from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplac
 from dpmedgen.train import TrainConfig, train_model
 from conftest import attach_one, functional_discriminator_loss
 
-NORMS = {"gaussian": ("l2", 2, L2_SENSITIVITY_PER_IMAGE), "laplace": ("l1", 1, L1_SENSITIVITY_PER_IMAGE)}
+NORMS = {"gaussian": ("l2", 2, L2_NORM_BOUND), "laplace": ("l1", 1, L1_NORM_BOUND)}
+REPLACE_ONE = {"gaussian": L2_SENSITIVITY_PER_IMAGE, "laplace": L1_SENSITIVITY_PER_IMAGE}
 
 
 def _data(n_patients: int, per_patient: list[int] | int, size: int = 32, seed: int = 0) -> TrainingData:
@@ -93,8 +96,12 @@ def one_thread():
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "laplace"])
-def test_removing_one_patient_moves_exact_coefficients_by_at_most_k_times_delta(noise, one_thread):
+def test_removing_or_replacing_one_patient_moves_exact_coefficients_by_at_most_k_times_delta(noise, one_thread):
+    """Removal moves t(D) by at most k_P * B (the norm bound); replacement, the study's adjacency, by at most
+    k * Delta = k * 2B (`*_SENSITIVITY_PER_IMAGE`, which the calibration uses)."""
     norm, order, delta_image = NORMS[noise]
+    assert REPLACE_ONE[noise] == pytest.approx(2 * delta_image) and delta_image == pytest.approx(
+        math.sqrt(3) if noise == "gaussian" else 3.0)
     rng = np.random.default_rng(0)
     size, feature_size = 16, 4
     psi = FeatureMap(feature_size, channels=1, norm=norm)
@@ -121,6 +128,9 @@ def test_removing_one_patient_moves_exact_coefficients_by_at_most_k_times_delta(
             assert change <= k * delta_image * (1 + 1e-12), (trial, patient, change)
             assert change <= counts[patient] * delta_image * (1 + 1e-12)
             worst = max(worst, change / (counts[patient] * delta_image))
+            other = adversarial[torch.as_tensor(rng.integers(0, len(adversarial), rng.integers(1, k + 1)))]
+            replaced = FunctionalMechanism._exact_coefficients(psi, torch.cat([rest, other]))
+            assert np.linalg.norm(full - replaced, ord=order) <= k * REPLACE_ONE[noise] * (1 + 1e-12)
     # The bound is not vacuous: a patient of all-white images comes close to it.
     assert worst > 0.5
     # Single images: ||tau(x)|| <= Delta for every adversarial image; the count coordinate is exactly 1.
@@ -147,7 +157,7 @@ def test_coefficient_layout_is_count_then_sum_then_upper_triangle():
 def test_gaussian_noise_has_the_calibrated_standard_deviation(unit):
     mode, data, head, _, _ = _attached("gaussian", unit=unit, seed=3)
     k = 3
-    expected = gaussian_sigma(1.0, 1e-3, (k if unit == "patient" else 1) * math.sqrt(3))
+    expected = gaussian_sigma(1.0, 1e-3, (k if unit == "patient" else 1) * 2 * math.sqrt(3))
     assert mode.ledger()["noise_scale"] == expected
     noise = mode._released - FunctionalMechanism._exact_coefficients(head.psi, data.images)
     m = len(noise)
@@ -159,7 +169,7 @@ def test_gaussian_noise_has_the_calibrated_standard_deviation(unit):
 @pytest.mark.parametrize("unit", ["patient", "image"])
 def test_laplace_noise_has_the_calibrated_scale(unit):
     mode, data, head, _, _ = _attached("laplace", unit=unit, seed=4)
-    expected = laplace_scale(1.0, (3 if unit == "patient" else 1) * 3.0)
+    expected = laplace_scale(1.0, (3 if unit == "patient" else 1) * 6.0)
     assert mode.ledger()["noise_scale"] == expected
     noise = mode._released - FunctionalMechanism._exact_coefficients(head.psi, data.images)
     m = len(noise)
@@ -197,7 +207,7 @@ def test_ledger_patient_unit(noise):
     assert led["delta"] == (1e-3 if noise == "gaussian" else 0.0)
     if noise == "gaussian":
         sigma = led["noise_scale"]
-        assert led["epsilon_per_image"] == pytest.approx(gaussian_epsilon(sigma, math.sqrt(3), 1e-3))
+        assert led["epsilon_per_image"] == pytest.approx(gaussian_epsilon(sigma, 2 * math.sqrt(3), 1e-3))
         assert led["epsilon_per_patient"] == pytest.approx(1.0, rel=1e-6)
     else:
         assert led["epsilon_per_patient"] == pytest.approx(1.0) and led["epsilon_per_image"] == pytest.approx(1 / 3)
@@ -235,7 +245,7 @@ def test_public_cap_on_images_per_patient_is_enforced():
     led = mode.ledger()
     assert led["max_images_per_patient"] == 3
     assert led["n_images_dropped_by_cap"] == (5 - 3) + (9 - 3) + (4 - 3)
-    assert led["noise_scale"] == gaussian_sigma(1.0, 1e-2, 3 * math.sqrt(3))
+    assert led["noise_scale"] == gaussian_sigma(1.0, 1e-2, 3 * 2 * math.sqrt(3))
     # The count coordinate is the kept images plus noise.
     assert mode._released[0] == pytest.approx(1 + 2 + 3 + 3 + 3 + 3, abs=8 * led["noise_scale"])
 

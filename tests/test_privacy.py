@@ -29,9 +29,10 @@ def _indexed_data(n_patients: int, per_patient: list[int] | int, size: int = 8) 
 
 
 def _pld_epsilon(ledger: dict) -> float:
-    from dp_accounting import dp_event, pld
+    from dp_accounting import NeighboringRelation, dp_event, pld
 
-    accountant = pld.PLDAccountant(value_discretization_interval=1e-4)
+    accountant = pld.PLDAccountant(  # replace-one, the study's adjacency, on a finer grid than the ledger's
+        neighboring_relation=NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-4)
     event = dp_event.PoissonSampledDpEvent(ledger["sample_rate"], dp_event.GaussianDpEvent(ledger["noise_multiplier"]))
     accountant.compose(dp_event.SelfComposedDpEvent(event, ledger["steps"]))
     return accountant.get_epsilon(ledger["delta"])
@@ -122,9 +123,12 @@ def test_dpsgd_spends_at_most_target_and_recomputes_with_pld(trained_dpsgd):
     assert ledger["epsilon"] > 0.9 * 3.0, "sigma should be the smallest that meets the target"
     assert rows[-1]["epsilon"] == pytest.approx(ledger["epsilon"])
     assert ledger["epsilon_per_patient"] == ledger["epsilon"]
-    assert ledger["epsilon_per_image"] == pytest.approx(2 * ledger["epsilon"])
-    # An independent accountant (Google's dp-accounting, PLD) from the ledger's own parameters.
-    assert _pld_epsilon(ledger) == pytest.approx(ledger["epsilon"], rel=0.03)
+    # replace-one: changing one image replaces one patient's record, so the per-image bound is the same
+    assert ledger["epsilon_per_image"] == ledger["epsilon"] and ledger["adjacency"] == "replace_one"
+    # dp-accounting's PLD (replace-one) on a 10x finer grid, from the ledger's own parameters: the ledger's
+    # pessimistic estimate is an upper bound within its discretisation
+    assert ledger["epsilon"] >= _pld_epsilon(ledger) - 1e-9
+    assert _pld_epsilon(ledger) == pytest.approx(ledger["epsilon"], rel=1e-3)
 
 
 def test_ledger_roundtrip_and_validation(tmp_path, trained_dpsgd):

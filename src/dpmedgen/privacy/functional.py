@@ -41,16 +41,19 @@ symmetric, so the released coefficient vector is its upper triangle (diagonal in
 
 of length (p+1)(p+2)/2 (2145 for p = 64): the count n, then S1, then the upper triangle of S2.
 
-Sensitivity (adjacency: add or remove one record)
--------------------------------------------------
-*One image.* t(D) - t(D') = +-tau(x), so the sensitivity is sup_x ||tau(x)||:
+Sensitivity (adjacency: replace one record, the study's relation, `dpmedgen.privacy.ledger.ADJACENCY`)
+------------------------------------------------------------------------------------------------------
+*Norm bound of one image.* Adding or removing x changes t by +-tau(x), whose norm is at most B = sup_x ||tau(x)||:
   L2: ||tau||_2^2 = 1 + ||psi||_2^2 + sum_{i<=j} psi_i^2 psi_j^2 <= 1 + ||psi||_2^2 + ||psi||_2^4 <= 3,
-      hence Delta_2 = sqrt(3) (the triangle holds a subset of the entries of psi psi^T, whose Frobenius
+      hence B_2 = sqrt(3) (the triangle holds a subset of the entries of psi psi^T, whose Frobenius
       norm is ||psi||_2^2 <= 1).
   L1: ||tau||_1 = 1 + ||psi||_1 + sum_{i<=j} |psi_i psi_j| <= 1 + ||psi||_1 + ||psi||_1^2 <= 3,
-      hence Delta_1 = 3.
-*One patient* with k_P <= k images: t(D) - t(D') = +-sum_{x in P} tau(x), whose norm is at most
-k_P * Delta <= k * Delta by the triangle inequality (group sensitivity; tighter than group privacy). k is
+      hence B_1 = 3.
+*Replace one image* x by x': t(D) - t(D') = tau(x) - tau(x'), of norm at most ||tau(x)|| + ||tau(x')|| <= 2B,
+hence Delta_2 = 2 sqrt(3) and Delta_1 = 6 per image (`L2_SENSITIVITY_PER_IMAGE`, `L1_SENSITIVITY_PER_IMAGE`).
+*Replace one patient* P (k_P <= k images) by P' (k_P' <= k images): t(D) - t(D') = sum_{x in P} tau(x) -
+sum_{x' in P'} tau(x'), whose norm is at most (k_P + k_P') B <= k * Delta by the triangle inequality (group
+sensitivity; tighter than group privacy). k is
 `max_images_per_patient`: when given to the constructor it is a public cap, enforced by keeping at most k
 (randomly chosen) images of every patient, and the bound holds for every neighbouring dataset. When not
 given, k is the largest image count of a patient in the training split; the guarantee then holds for
@@ -84,7 +87,7 @@ Without noise, M^ = M and the real term is exactly (b/n) sum_i [log 2 - s_i/2 + 
 
 What this does NOT protect
 --------------------------
-Nothing beyond the stated unit and adjacency (add or remove one image, or one patient with at most k
+Nothing beyond the stated unit and adjacency (replace one image, or one patient with at most k
 images). It assumes psi (pooling size, rho) is public and fixed before seeing the data. The exact training
 set sizes written beside the ledger by the trainer, and k itself, are not privatised. Floating-point
 effects on the noise (Mironov, CCS 2012) are not addressed; the release is computed in float64.
@@ -101,14 +104,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
+from dpmedgen.privacy.ledger import ADJACENCY, adjacency_statement
 from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplace_epsilon, laplace_scale
 
 NOISES = ("gaussian", "laplace")
 #: rho: the norm floor as a fraction of the largest norm of v in [0, 1]^p (sqrt(p) for L2, p for L1).
 NORM_FLOOR = 0.5
-#: Per-image sensitivity of tau(x) = [1, psi, triu(psi psi^T)] for ||psi|| <= 1 (see the module docstring).
-L2_SENSITIVITY_PER_IMAGE = math.sqrt(3.0)
-L1_SENSITIVITY_PER_IMAGE = 3.0
+#: Norm bound of tau(x) = [1, psi, triu(psi psi^T)] for ||psi|| <= 1 (see the module docstring).
+L2_NORM_BOUND = math.sqrt(3.0)
+L1_NORM_BOUND = 3.0
+#: Per-image sensitivity of t(D) under replace-one adjacency: ||tau(x) - tau(x')|| <= 2 * bound.
+L2_SENSITIVITY_PER_IMAGE = 2.0 * L2_NORM_BOUND
+L1_SENSITIVITY_PER_IMAGE = 2.0 * L1_NORM_BOUND
 _CHUNK = 1024
 
 
@@ -387,11 +394,9 @@ class FunctionalMechanism(PrivacyMode):
             "mechanism": "functional",
             "guarantee": "formal",
             "unit": self.unit,
-            "adjacency": (
-                f"add or remove one patient with all of their (at most {self._k}) images"
-                if self.unit == "patient"
-                else "add or remove one image"
-            ),
+            "adjacency": ADJACENCY,
+            "adjacency_statement": adjacency_statement(self.unit) + (
+                f" (patients have at most k = {self._k} images)" if self.unit == "patient" else ""),
             "epsilon": epsilon,
             "epsilon_target": self.target_epsilon,
             "epsilon_per_image": self._eps_image,
@@ -414,9 +419,9 @@ class FunctionalMechanism(PrivacyMode):
             "releases": 1,
             "post_processing": "symmetrise, project the (p+1)x(p+1) moment matrix onto the PSD cone, clip the count at 1",
             "theorem": (
-                f"{mech} on the coefficient vector [n, sum psi, triu(sum psi psi^T)], per-image sensitivity "
-                f"{'sqrt(3)' if gaussian else '3'} from ||psi|| <= 1; patient-level by group sensitivity k*Delta; "
-                "training is post-processing"
+                f"{mech} on the coefficient vector [n, sum psi, triu(sum psi psi^T)], replace-one per-image "
+                f"sensitivity {'2 sqrt(3)' if gaussian else '6'} from ||psi|| <= 1; patient-level by group "
+                "sensitivity k*Delta; training is post-processing"
             ),
             "noise_source": "numpy Generator seeded from the mode's random root (see `randomness`; not a "
             "cryptographically secure generator)",

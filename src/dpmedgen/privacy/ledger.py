@@ -18,6 +18,32 @@ from pathlib import Path
 from typing import Any
 
 REQUIRED = ("mechanism", "guarantee", "unit", "epsilon", "delta")
+
+#: The study's one neighbouring relation, stated in every ledger (`adjacency`): two training sets are
+#: neighbours when one unit (a patient with all of their images, or an image) is replaced by any other.
+#: Under it the number of units N is public, every formal mode is calibrated for it (input perturbation has
+#: no add/remove guarantee: it releases one noisy record per unit), and the privacy-utility figure's
+#: epsilon axis means the same for every mode.
+ADJACENCY = "replace_one"
+#: A run of one generator per class (`compose_parallel`): a patient is replaced by another of the same class,
+#: so the class sizes, from which each class's sampling rate is computed, are public (as the labels' counts).
+ADJACENCY_WITHIN_CLASS = "replace_one_within_class"
+
+
+def adjacency_statement(unit: str, within_class: bool = False) -> str:
+    """The ledger's `adjacency_statement`: the relation in words, for `unit`."""
+    who = "one patient (with all of their images)" if unit == "patient" else "one image"
+    by = "another patient of the same class label" if within_class else f"any other {unit}"
+    public = "the number of training patients of each class is" if within_class else f"the number of training {unit}s is"
+    return f"replace {who} by {by}; {public} public"
+
+
+def vacuous(epsilon: float, delta: float, n_units: int) -> tuple[float, float]:
+    """(epsilon, delta) as stated, or (inf, delta) when delta >= 1/N: such a delta permits releasing a whole
+    record of N, so the statement is no guarantee whatever its epsilon."""
+    if delta >= 1.0 / max(int(n_units), 1):
+        return math.inf, delta
+    return epsilon, delta
 REQUIRED_BY_MECHANISM = {"dpsgd": ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant")}
 
 
@@ -50,8 +76,9 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
     Parallel composition (McSherry 2009, "Privacy integrated queries", Thm 2): the classes partition the
     patients (a label is an attribute of the patient; the split refuses a patient with two labels), so
-    adding or removing one patient, or changing one of their images, changes the input of exactly one
-    class's mechanism, and the release of all of them is (max_c epsilon_c, max_c delta_c)-DP for that unit.
+    replacing one patient by another of the same class, or changing one of their images, changes the input
+    of exactly one class's mechanism, and the release of all of them is (max_c epsilon_c, max_c delta_c)-DP
+    for that unit. The run's `adjacency` is therefore `ADJACENCY_WITHIN_CLASS`: the class sizes are public.
     Each bound of `BOUND_KEYS` is composed that way (every class is (eps_c, delta_c)-DP, hence (max eps_c,
     max delta_c)-DP); a bound is kept only when every class states it. The other fields are those of the
     class with the largest `epsilon` (for DP-SGD: its noise multiplier, sample rate and steps, from which an
@@ -74,6 +101,12 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
             record.pop(key, None)
     if any(lg["guarantee"] == "none" for lg in ledgers.values()):
         record["guarantee"], record["epsilon"] = "none", math.inf
+    elif record.get("adjacency") == ADJACENCY:
+        # Each class's mechanism protects a replacement within its own patients; a patient replaced by one of
+        # another class would change two classes' inputs and sizes. The run's relation is therefore
+        # replacement within a class, and the class sizes (each class's N) are public.
+        record["adjacency"] = ADJACENCY_WITHIN_CLASS
+        record["adjacency_statement"] = adjacency_statement(record["unit"], within_class=True)
     record["composition"] = (
         "parallel over classes (McSherry 2009): one generator per class label, each trained only on that class's "
         "patients; a patient belongs to one class, so epsilon and delta per unit are the maxima over the classes"

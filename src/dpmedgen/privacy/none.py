@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dpmedgen.privacy.base import PrivacyMode
+from dpmedgen.privacy.ledger import ADJACENCY
 
 
 class NonPrivate(PrivacyMode):
@@ -15,6 +16,8 @@ class NonPrivate(PrivacyMode):
             "mechanism": "none",
             "guarantee": "none",
             "unit": "image",
+            "adjacency": ADJACENCY,
+            "adjacency_statement": "no guarantee for the training data under any relation",
             "epsilon": float("inf"),
             "epsilon_target": float("inf"),
             "delta": 0.0,

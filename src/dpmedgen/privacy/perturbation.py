@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
+from dpmedgen.privacy.ledger import ADJACENCY, adjacency_statement, vacuous
 from dpmedgen.privacy.mechanisms import gaussian_epsilon, gaussian_sigma, laplace_epsilon, laplace_scale
 
 NOISES = ("laplace", "gaussian")
@@ -79,11 +80,19 @@ class InputPerturbation(PrivacyMode):
         self.scale: float | None = None
         self.n_pixels = 0
         self.max_images_per_patient = 0
+        self.n_units = self.n_patients = 0
 
     def release(self, data: TrainingData) -> TrainingData:
         """Noise every training image once (all modalities of an example together: d = C*H*W values)."""
         self.n_pixels = int(np.prod(data.images.shape[1:]))
         self.max_images_per_patient = int(data.images_per_patient().max())
+        self.n_units = data.n_patients if self.unit == "patient" else data.n_images
+        self.n_patients = data.n_patients
+        if self.noise == "gaussian" and self.delta >= 1.0 / self.n_units:
+            raise ValueError(
+                f"{self.name}: delta={self.delta:g} is not below 1/N = 1/{self.n_units} training {self.unit}s; "
+                "a delta that large permits releasing a whole record. Lower `privacy.delta` in config.yaml."
+            )
         k = self.max_images_per_patient if self.unit == "patient" else 1
         self.scale = image_noise_scale(self.noise, self.target_epsilon, self.delta, self.n_pixels, images=k)
         pixels = ((data.images.cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
@@ -96,7 +105,8 @@ class InputPerturbation(PrivacyMode):
         delta = 0.0 if self.noise == "laplace" else self.delta
         per_image = image_epsilon(self.noise, self.scale, delta, self.n_pixels, images=1)
         per_patient = image_epsilon(self.noise, self.scale, delta, self.n_pixels, images=self.max_images_per_patient)
-        return per_image, per_patient
+        # delta is per patient here (composition keeps it); vacuous when it reaches 1/N patients
+        return per_image, vacuous(per_patient, delta, self.n_patients)[0]
 
     def epsilon_spent(self) -> float:
         if self.scale is None:
@@ -114,6 +124,8 @@ class InputPerturbation(PrivacyMode):
             "mechanism": self.name,
             "guarantee": "formal",
             "unit": self.unit,
+            "adjacency": ADJACENCY,
+            "adjacency_statement": adjacency_statement(self.unit),
             "epsilon": epsilon,
             "epsilon_target": self.target_epsilon,
             "epsilon_per_image": per_image,
@@ -181,6 +193,8 @@ class OutputPerturbation(PrivacyMode):
             "mechanism": self.name,
             "guarantee": "none",
             "unit": "image",
+            "adjacency": ADJACENCY,
+            "adjacency_statement": "no guarantee for the training data under any relation",
             "epsilon": math.inf,
             "epsilon_target": self.target_epsilon,
             "delta": 0.0,
