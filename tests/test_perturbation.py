@@ -88,3 +88,38 @@ def test_output_perturbation_states_no_guarantee_and_adds_calibrated_noise(name)
     out = PRIVACY_MODES.get(name).postprocess_samples(samples, ledger, np.random.default_rng(0))
     assert out.shape == samples.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
     assert np.abs(out - 0.5).mean() > 0.2  # the noise is large (per-image calibration), not cosmetic
+
+
+@pytest.mark.parametrize("name, epsilon", [("input_gaussian", 100.0), ("input_laplace", 80.0)])
+def test_released_images_carry_the_calibrated_noise(name, epsilon):
+    """Measured on what `release` returns, so that a mode drawing less (or more) noise than its ledger states
+    fails: mid-grey 4x4 images, one per patient, at an epsilon where the noise stays mostly inside [0, 1];
+    clipping to [0, 1] leaves |noise| below 0.5 untouched, so its median is that of the noise:
+    0.6745 sigma (Gaussian) or b ln 2 (Laplace)."""
+    n = 2000
+    data = TrainingData(images=torch.zeros(n, 1, 4, 4), patient_ids=np.arange(n).astype(str))
+    mode = PRIVACY_MODES.get(name)(target_epsilon=epsilon, delta=1e-5, seed=0, unit="patient")
+    released = (mode.release(data).images.numpy() + 1) / 2 - 0.5
+    scale = mode.ledger()["noise_scale"]
+    expected = scale * (0.674490 if name == "input_gaussian" else math.log(2))
+    assert expected < 0.4  # the measured quantiles lie inside the clipping range
+    assert np.median(np.abs(released)) == pytest.approx(expected, rel=0.03)
+
+
+def test_input_gaussian_refuses_a_delta_that_permits_releasing_a_record():
+    mode = PRIVACY_MODES.get("input_gaussian")(target_epsilon=1.0, delta=0.2, seed=0)
+    with pytest.raises(ValueError, match=r"delta=0.2 is not below 1/N = 1/6 training patients"):
+        mode.release(_data())
+
+
+@pytest.mark.parametrize("name, epsilon", [("output_gaussian", 100.0), ("output_laplace", 80.0)])
+def test_output_noise_has_the_stated_scale(name, epsilon):
+    """As above, on `postprocess_samples`: a mode that adds less (or more) noise than its ledger states fails."""
+    mode = PRIVACY_MODES.get(name)(target_epsilon=epsilon, delta=1e-5, seed=0)
+    mode.set_output_shape((1, 4, 4))
+    ledger = mode.ledger() | {"privacy": name}
+    out = PRIVACY_MODES.get(name).postprocess_samples(np.full((2000, 4, 4), 0.5), ledger, np.random.default_rng(0))
+    scale = ledger["output_noise"]["noise_scale"]
+    expected = scale * (0.674490 if name == "output_gaussian" else math.log(2))
+    assert expected < 0.4
+    assert np.median(np.abs(out - 0.5)) == pytest.approx(expected, rel=0.03)
