@@ -96,7 +96,7 @@ rule aggregate_seed:
         metrics=f"{RESULTS}/seed{{seed}}/metrics.parquet",
         privacy=f"{RESULTS}/seed{{seed}}/privacy.parquet",
     params:
-        runs=lambda w: [r.as_dict() for r in seed_runs(w.seed)],
+        runs=lambda w: [r.table_keys() for r in seed_runs(w.seed)],
     log:
         f"{LOGS}/aggregate/seed{{seed}}.log",
     conda:
@@ -121,7 +121,7 @@ rule aggregate:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
     params:
-        runs=[r.as_dict() for r in RUNS],
+        runs=[r.table_keys() for r in RUNS],
     log:
         f"{LOGS}/aggregate.log",
     benchmark:

@@ -116,7 +116,7 @@ rule plot_cost:
     output:
         png=report(f"{FIGURES}/{{dataset}}/cost.png", caption="../report/cost.rst",
                    category="4. Training", subcategory="{dataset}",
-                   labels={"model": "all models (cost)", "privacy": "all", "epsilon": "all", "seed": "all"}),
+                   labels={"model": "all models (cost)", "privacy": "all", "epsilon_target": "all", "seed": "all"}),
         pdf=f"{FIGURES}/{{dataset}}/cost.pdf",
     log:
         f"{LOGS}/plot/{{dataset}}/cost.log",

@@ -14,7 +14,7 @@ rule train:
         progress=directory(f"{RUN_DIR}/progress"),
         curves=report(f"{RUN_DIR}/training_curves.png", caption="../report/training_curves.rst",
                       category="4. Training", subcategory="{dataset}",
-                      labels={"model": "{model}", "privacy": "{privacy}", "epsilon": "{epsilon}", "seed": "{seed}"}),
+                      labels={"model": "{model}", "privacy": "{privacy}", "epsilon_target": "{epsilon}", "seed": "{seed}"}),
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),

@@ -70,13 +70,13 @@ def toy_tables(eps_lower=0.0, dataset="toy", formal=True, discriminator_bound=Tr
             ledger_rows.append(dict(
                 dataset=dataset, model="dcgan", privacy=privacy, epsilon_target=target, seed=seed,
                 guarantee="formal" if is_formal else "none", unit="image",
-                epsilon=target if is_formal else math.inf, delta=0.0,
+                epsilon_spent=target if is_formal else math.inf, delta=0.0,
                 epsilon_per_patient=claim, delta_per_patient=math.nan,
                 noise="laplace" if privacy == "input_laplace" else ("gaussian" if privacy != "none" else None),
             ))
 
             def add(metric, value):
-                metric_rows.append(dict(dataset=dataset, model="dcgan", privacy=privacy, epsilon=target,
+                metric_rows.append(dict(dataset=dataset, model="dcgan", privacy=privacy, epsilon_target=target,
                                         seed=seed, metric=metric, value=float(value)))
 
             base = {"none": 0.70, "input_laplace": 0.52 + 0.01 * seed, "output_gaussian": 0.55}[privacy]
@@ -164,7 +164,7 @@ def test_lower_bound_is_compared_with_the_per_patient_claim(monkeypatch):
 def test_bound_rows_that_disagree_with_the_claim_warn(monkeypatch):
     metrics, privacy = toy_tables()
     rows = metrics["metric"] == "mia_dcr_bound_tpr_at_fpr1pct_patient"
-    metrics.loc[rows, "value"] = [dp_tpr_bound(0.01, e, 0.0) for e in metrics.loc[rows, "epsilon"]]  # at the target
+    metrics.loc[rows, "value"] = [dp_tpr_bound(0.01, e, 0.0) for e in metrics.loc[rows, "epsilon_target"]]  # at the target
     with pytest.warns(UserWarning, match="bound rows disagree"):
         draw(monkeypatch, metrics, privacy)
 

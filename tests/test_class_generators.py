@@ -43,11 +43,11 @@ def test_dpsgd_class_generators_compose_in_parallel_and_each_epsilon_recomputes(
         acc = PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-4)
         event = dp_event.PoissonSampledDpEvent(lg["sample_rate"], dp_event.GaussianDpEvent(lg["noise_multiplier"]))
         acc.compose(event, lg["steps"])
-        assert lg["epsilon"] <= 2.0 and acc.get_epsilon(lg["delta"]) == pytest.approx(lg["epsilon"], rel=1e-3)
+        assert lg["epsilon_spent"] <= 2.0 and acc.get_epsilon(lg["delta"]) == pytest.approx(lg["epsilon_spent"], rel=1e-3)
         assert lg["adjacency"] == "replace_one"
-    for key in ("epsilon", "epsilon_per_patient", "epsilon_per_image", "delta"):
+    for key in ("epsilon_spent", "epsilon_per_patient", "epsilon_per_image", "delta"):
         assert ledger[key] == max(lg[key] for lg in per_class.values()), key
-    assert ledger["epsilon"] <= 2.0 and ledger["unit"] == "patient" and "parallel" in ledger["composition"]
+    assert ledger["epsilon_spent"] <= 2.0 and ledger["unit"] == "patient" and "parallel" in ledger["composition"]
     assert ledger["adjacency"] == "replace_one_within_class" and "same class" in ledger["adjacency_statement"]
     assert read_ledger(tmp_path / "privacy.json") == ledger
 
@@ -171,18 +171,19 @@ def test_mixture_discriminator_score_is_the_best_class_score(study, tmp_path):
 
 
 def _ledger(eps, delta=1e-5, **extra):
-    return {"mechanism": "dpsgd", "guarantee": "formal", "unit": "patient", "epsilon": eps, "delta": delta,
+    return {"mechanism": "dpsgd", "guarantee": "formal", "unit": "patient", "epsilon_spent": eps, "delta": delta, "adjacency": "replace_one", "epsilon_target": eps,
             "noise_multiplier": 1.0 / eps, "sample_rate": 0.5, "steps": 2, "max_grad_norm": 1.0, "accountant": "x"} | extra
 
 
 def test_compose_parallel_takes_the_worst_class_and_drops_bounds_not_every_class_states():
     composed = compose_parallel({0: _ledger(1.0, epsilon_per_image=2.0), 1: _ledger(3.0, delta=1e-6)})
-    assert composed["epsilon"] == 3.0 and composed["delta"] == 1e-5
+    assert composed["epsilon_spent"] == 3.0 and composed["delta"] == 1e-5
     assert composed["noise_multiplier"] == 1.0 / 3.0  # the worst class's parameters recompute its epsilon
     assert "epsilon_per_image" not in composed  # class 1 does not state it
     none = compose_parallel({0: _ledger(1.0), 1: {"mechanism": "none", "guarantee": "none", "unit": "patient",
-                                                    "epsilon": math.inf, "delta": 0.0}})
-    assert none["guarantee"] == "none" and none["epsilon"] == math.inf
+                                                    "adjacency": "replace_one", "epsilon_target": math.inf,
+                                                    "epsilon_spent": math.inf, "delta": 0.0}})
+    assert none["guarantee"] == "none" and none["epsilon_spent"] == math.inf
     with pytest.raises(LedgerError, match="different units"):
         compose_parallel({0: _ledger(1.0), 1: _ledger(1.0, unit="image")})
 
@@ -200,7 +201,7 @@ def test_an_unlabelled_dataset_trains_one_generator_and_has_no_downstream_refere
     write_image_set(tmp_path / "images.h5", images)
     write_splits(split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0), tmp_path / "splits.parquet")
     ledger = _train(tmp_path, tmp_path / "run", RunSpec("pairs", "dcgan", "dpsgd", 2.0, 0))
-    assert "class_generators" not in ledger and ledger["n_train_patients"] == 6 and ledger["epsilon"] <= 2.0
+    assert "class_generators" not in ledger and ledger["n_train_patients"] == 6 and ledger["epsilon_spent"] <= 2.0
     assert "state_dict" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     rows = downstream_reference(dataset="pairs", images_h5=tmp_path / "images.h5", splits_parquet=tmp_path / "splits.parquet",
                                 modality="mri", seed=0, out_parquet=tmp_path / "reference.parquet")

@@ -73,7 +73,7 @@ def test_fast_update_equals_opacus_update(name):
         assert len(step_fast) == len(step_ref)
         for a, b in zip(step_fast, step_ref):
             assert close(a, b), (a - b).abs().max()
-    for key in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epsilon", "delta", "n_units"):
+    for key in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "epsilon_spent", "delta", "n_units"):
         assert fast_ledger[key] == ref_ledger[key], key
     assert (fast_ledger["clipping"], ref_ledger["clipping"]) == ("fast", "opacus")
     for key in ref_weights:
@@ -169,11 +169,11 @@ def test_log_epsilon_is_an_upper_bound_and_exact_at_the_end():
     rows = train_model(
         model, _data(1), mode, TrainConfig(steps=40, batch_size=8, device="cpu", checkpoint_every=0), progress=False
     )
-    logged = [(r["step"], r["epsilon"]) for r in rows if math.isfinite(r["epsilon"])]
+    logged = [(r["step"], r["epsilon_spent"]) for r in rows if math.isfinite(r["epsilon_spent"])]
     assert len(logged) > len(LOG_ANCHORS)
     for step, eps in logged:
         assert eps >= dpsgd_epsilon([(mode.noise_multiplier, mode.sample_rate, step)], 1e-3) - 1e-12
-    assert logged[-1][1] == mode.ledger()["epsilon"]
+    assert logged[-1][1] == mode.ledger()["epsilon_spent"]
     assert len(mode._epsilon_cache) <= len(LOG_ANCHORS) + 1  # the accountant is queried at the anchors only
     assert mode.accounting_seconds > 0
 

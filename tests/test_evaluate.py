@@ -113,7 +113,7 @@ def test_downstream_reference_trains_on_real_patients(study, tmp_path):
                                 modality="mri", seed=1, epochs=3, out_parquet=tmp_path / "ref.parquet")
     assert rows.equals(pd.read_parquet(tmp_path / "ref.parquet"))
     assert set(rows.model) == {"real_data"} and set(rows.privacy) == {"none"} and set(rows.seed) == {1}
-    assert math.isinf(rows.epsilon.iloc[0])
+    assert math.isinf(rows.epsilon_target.iloc[0])
     value = dict(zip(rows.metric, rows.value))
     assert set(value) == {"downstream_auroc", "downstream_accuracy", "downstream_auroc_patient",
                           "downstream_accuracy_patient", "downstream_val_auroc", "downstream_epoch"}
@@ -128,7 +128,7 @@ BENCHMARK = (
 
 
 def test_cost_rows_read_snakemake_benchmarks_and_skip_unmeasured(tmp_path):
-    run = {"dataset": "toy", "model": "dcgan", "privacy": "none", "epsilon": math.inf, "seed": 0}
+    run = {"dataset": "toy", "model": "dcgan", "privacy": "none", "epsilon_target": math.inf, "seed": 0}
     (tmp_path / "a.tsv").write_text(BENCHMARK.format(s=11.74, rss=637.35, cpu=10.05))
     rows = {r["metric"]: r["value"] for r in cost_rows(run, "evaluate", tmp_path / "a.tsv")}
     assert rows == {"cost_evaluate_wall_s": 11.74, "cost_evaluate_cpu_s": 10.05, "cost_evaluate_max_rss_mb": 637.35}
@@ -144,10 +144,10 @@ def test_aggregate_adds_cost_rows_per_run(study, tmp_path):
     (tmp_path / "train.tsv").write_text(BENCHMARK.format(s=3.0, rss=100.0, cpu=2.5))
     metrics, privacy = aggregate(
         [tmp_path / "metrics.parquet"], [paths["ledger"]], tmp_path / "m.parquet", tmp_path / "p.parquet",
-        runs=[run.as_dict()], benchmarks={"train": [tmp_path / "train.tsv"]},
+        runs=[run.table_keys()], benchmarks={"train": [tmp_path / "train.tsv"]},
     )
     assert list(metrics.metric) == ["cost_train_cpu_s", "cost_train_max_rss_mb", "cost_train_wall_s", "ssim_nn"]
     assert (metrics.model == "dcgan").all() and len(privacy) == 1
     with pytest.raises(ValueError, match="benchmarks of train: 2 files for 1 runs"):
         aggregate([tmp_path / "metrics.parquet"], [paths["ledger"]], tmp_path / "m.parquet", tmp_path / "p.parquet",
-                  runs=[run.as_dict()], benchmarks={"train": [tmp_path / "train.tsv"] * 2})
+                  runs=[run.table_keys()], benchmarks={"train": [tmp_path / "train.tsv"] * 2})

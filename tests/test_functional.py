@@ -199,7 +199,7 @@ def test_ledger_patient_unit(noise):
     ):
         assert key in led, key
     assert led["mechanism"] == "functional" and led["guarantee"] == "formal" and led["unit"] == "patient"
-    assert led["epsilon"] == led["epsilon_per_patient"] == mode.epsilon_spent()
+    assert led["epsilon_spent"] == led["epsilon_per_patient"] == mode.epsilon_spent()
     assert led["epsilon_per_patient"] <= 1.0 * (1 + 1e-9)
     assert led["epsilon_per_image"] < led["epsilon_per_patient"]
     assert led["max_images_per_patient"] == 3
@@ -219,9 +219,9 @@ def test_ledger_image_unit(noise):
     led = mode.ledger()
     validate_ledger(led)
     assert led["unit"] == "image"
-    assert led["epsilon"] == led["epsilon_per_image"] <= 1.0 * (1 + 1e-9)
+    assert led["epsilon_spent"] == led["epsilon_per_image"] <= 1.0 * (1 + 1e-9)
     assert led["epsilon_per_patient"] > led["epsilon_per_image"]
-    assert led["epsilon_per_patient"] >= led["epsilon"]
+    assert led["epsilon_per_patient"] >= led["epsilon_spent"]
 
 
 def test_single_image_patients_have_equal_epsilons():
@@ -395,7 +395,7 @@ def test_engine_trains_without_reading_real_data_after_release(noise):
     assert loaders == [None]
     assert len(rows_a) == 1  # 5 steps in one epoch (no loader: ceil(36 images / 4) = 9 steps per epoch)
     assert all(math.isfinite(r["loss_discriminator"]) and math.isfinite(r["loss_generator"]) for r in rows_a)
-    assert all(r["epsilon"] == mode_a.epsilon_spent() > 0 for r in rows_a)
+    assert all(r["epsilon_spent"] == mode_a.epsilon_spent() > 0 for r in rows_a)
     # Bit-identical training whether or not the real images still exist after the release.
     assert [(r["loss_discriminator"], r["loss_generator"]) for r in rows_a] == [(r["loss_discriminator"], r["loss_generator"]) for r in rows_b]
     for (name, a), b in zip(model_a.generator.state_dict().items(), model_b.generator.state_dict().values()):

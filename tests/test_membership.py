@@ -55,7 +55,7 @@ FORMAL_DPSGD = {  # the shape of a DP-SGD ledger (results/.../dpsgd/eps1/seed0/p
     "privacy": "dpsgd",
     "guarantee": "formal",
     "unit": "patient",
-    "epsilon": 1.0,
+    "epsilon_spent": 1.0,
     "delta": 1e-5,
     "epsilon_per_patient": 1.0,
     "delta_per_patient": 1e-5,
@@ -68,7 +68,7 @@ OUTPUT_GAUSSIAN = {  # output perturbation: no guarantee, networks reused from t
     "privacy": "output_gaussian",
     "guarantee": "none",
     "unit": "image",
-    "epsilon": math.inf,
+    "epsilon_spent": math.inf,
     "delta": 0.0,
     "trained_by": {"privacy": "none"},
 }
@@ -77,7 +77,7 @@ INPUT_GAUSSIAN = {  # no protected_networks, no delta_per_*: every network is po
     "privacy": "input_gaussian",
     "guarantee": "formal",
     "unit": "patient",
-    "epsilon": 1.0,
+    "epsilon_spent": 1.0,
     "delta": 1e-5,
     "epsilon_per_patient": 1.0,
     "epsilon_per_image": 0.25,
@@ -160,7 +160,7 @@ def test_patient_privacy_and_coverage_from_ledgers():
     assert patient_privacy(FORMAL_DPSGD) == (1.0, 1e-5)
     assert patient_privacy(INPUT_GAUSSIAN) == (1.0, 1e-5)  # delta_per_patient absent: the ledger's delta
     assert patient_privacy(OUTPUT_GAUSSIAN) is None and patient_privacy(None) is None
-    image_unit = {"guarantee": "formal", "unit": "image", "epsilon": 1.0, "delta": 1e-5}
+    image_unit = {"guarantee": "formal", "unit": "image", "epsilon_spent": 1.0, "delta": 1e-5}
     assert patient_privacy(image_unit) is None  # no patient-level statement
     assert patient_privacy(image_unit | {"unit": "patient"}) == (1.0, 1e-5)
 
@@ -171,7 +171,7 @@ def test_patient_privacy_and_coverage_from_ledgers():
     assert discriminator_covered(INPUT_GAUSSIAN)
     assert not discriminator_covered(OUTPUT_GAUSSIAN)
     # even a formal ledger does not cover networks reused from another (non-private) run
-    formal_output = OUTPUT_GAUSSIAN | {"guarantee": "formal", "epsilon": 1.0, "epsilon_per_patient": 1.0}
+    formal_output = OUTPUT_GAUSSIAN | {"guarantee": "formal", "epsilon_spent": 1.0, "epsilon_per_patient": 1.0}
     assert not discriminator_covered(formal_output)
     assert not discriminator_covered(None)
 
@@ -249,7 +249,7 @@ def test_bound_rows_follow_the_ledger(population):
         assert out[f"mia_dcr_bound_tpr_at_fpr0p1pct_{level}"] == pytest.approx(BOUND_01PCT, rel=1e-9)
         for key in ("fpr1pct", "fpr0p1pct"):
             assert 0.0 <= out[f"mia_dcr_eps_lower_at_{key}_{level}"] < 1.0  # chance-level attack: nothing shown
-    for ledger in (OUTPUT_GAUSSIAN, None, {"guarantee": "none", "epsilon": math.inf, "delta": 0.0}):
+    for ledger in (OUTPUT_GAUSSIAN, None, {"guarantee": "none", "epsilon_spent": math.inf, "delta": 0.0}):
         out = mia_dcr(context(fake, members, nonmembers, ledger=ledger))
         assert not any("bound" in k or "eps_lower" in k for k in out)
     # a copying generator under a claimed eps = 1 guarantee: the audit's epsilon exceeds the claim

@@ -56,10 +56,10 @@ def test_input_perturbation_units_and_ledger(name, unit):
     assert ledger["max_images_per_patient"] == 4 and ledger["pixels_per_image"] == 32 * 32
     assert ledger["epsilon_per_image"] < ledger["epsilon_per_patient"]
     if unit == "patient":
-        assert ledger["epsilon"] == ledger["epsilon_per_patient"] <= 4.0 * (1 + 1e-6)
+        assert ledger["epsilon_spent"] == ledger["epsilon_per_patient"] <= 4.0 * (1 + 1e-6)
         assert ledger["epsilon_per_patient"] == pytest.approx(4.0, rel=1e-3)
     else:
-        assert ledger["epsilon"] == ledger["epsilon_per_image"] == pytest.approx(4.0, rel=1e-3)
+        assert ledger["epsilon_spent"] == ledger["epsilon_per_image"] == pytest.approx(4.0, rel=1e-3)
         if name == "input_laplace":  # basic composition is exact for pure DP
             assert ledger["epsilon_per_patient"] == pytest.approx(16.0)
     if name == "input_laplace":
@@ -80,7 +80,7 @@ def test_output_perturbation_states_no_guarantee_and_adds_calibrated_noise(name)
     mode.set_output_shape((1, 16, 16))
     ledger = mode.ledger() | {"privacy": name}
     validate_ledger(ledger)
-    assert ledger["guarantee"] == "none" and math.isinf(ledger["epsilon"])
+    assert ledger["guarantee"] == "none" and math.isinf(ledger["epsilon_spent"])
     assert "nothing about the training data" in ledger["protects"]
     spec = ledger["output_noise"]
     assert spec["noise_scale"] == pytest.approx(image_noise_scale(spec["noise"], 20.0, 1e-5, 256))

@@ -35,11 +35,11 @@ def metric_table(
     for model in models:
         for seed in seeds:
             for metric in METRICS:
-                rows.append(dict(dataset=dataset, model=model, privacy="none", epsilon=np.inf, seed=seed,
+                rows.append(dict(dataset=dataset, model=model, privacy="none", epsilon_target=np.inf, seed=seed,
                                  metric=metric, value=1.0 + 0.1 * rng.random()))
                 for p in privacies:
                     for e in epsilons:
-                        rows.append(dict(dataset=dataset, model=model, privacy=p, epsilon=float(e), seed=seed,
+                        rows.append(dict(dataset=dataset, model=model, privacy=p, epsilon_target=float(e), seed=seed,
                                          metric=metric, value=1.0 + 1.0 / e + 0.1 * rng.random()))
     return pd.DataFrame(rows)
 
@@ -79,8 +79,8 @@ def test_privacy_utility_missing_dataset_raises(tmp_path):
 
 
 def test_privacy_utility_missing_columns_raises(tmp_path):
-    with pytest.raises(ValueError, match="epsilon"):
-        plot_privacy_utility(metric_table().drop(columns="epsilon"), "brats", [tmp_path / "x.png"])
+    with pytest.raises(ValueError, match="epsilon_target"):
+        plot_privacy_utility(metric_table().drop(columns="epsilon_target"), "brats", [tmp_path / "x.png"])
 
 
 def test_privacy_utility_only_non_private(tmp_path):
@@ -269,14 +269,16 @@ def test_per_model_privacy_utility_keeps_only_that_models_metrics(tmp_path, monk
     ref = table[(table.model == "dcgan") & (table.privacy == "none") & (table.metric == "ssim_nn")].assign(model="real_data")
     metrics, ledgers = tmp_path / "metrics.parquet", tmp_path / "privacy.parquet"
     pd.concat([table, ref]).to_parquet(metrics)
-    runs = table[["dataset", "model", "privacy", "epsilon", "seed"]].drop_duplicates().rename(columns={"epsilon": "epsilon_target"})
-    runs.assign(guarantee=np.where(runs.privacy == "none", "none", "formal"), unit="patient").to_parquet(ledgers)
+    runs = table[["dataset", "model", "privacy", "epsilon_target", "seed"]].drop_duplicates()
+    runs.assign(guarantee=np.where(runs.privacy == "none", "none", "formal"), unit="patient",
+                randomness="deterministic", adjacency="replace_one").to_parquet(ledgers)
     drawn = []
     monkeypatch.setattr(study, "plot_privacy_utility", lambda df, dataset, paths, **kw: drawn.append((df, kw)))
     study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="ddcgan")
     df, kw = drawn[-1]
     assert set(df.model) == {"ddcgan"} and "ssim_nn" not in set(df.metric)  # no panel holding only the reference
-    assert kw["title"] == "brats · DDcGAN"
+    assert kw["title"] == "brats · DDcGAN\ndeterministic randomness (public seed): not a DP release"
+    assert kw["xlabel"] == "target ε per patient, replace-one (log scale)"
     study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="dcgan")
     assert set(drawn[-1][0].model) == {"dcgan", "real_data"}
     with pytest.raises(ValueError, match="no metric rows for model 'sngan'"):

@@ -119,16 +119,16 @@ def test_dpsgd_spends_at_most_target_and_recomputes_with_pld(trained_dpsgd):
     ledger = mode.ledger()
     assert ledger["steps"] == 12
     assert ledger["unit"] == "patient" and ledger["guarantee"] == "formal"
-    assert 0 < ledger["epsilon"] <= 3.0
-    assert ledger["epsilon"] > 0.9 * 3.0, "sigma should be the smallest that meets the target"
-    assert rows[-1]["epsilon"] == pytest.approx(ledger["epsilon"])
-    assert ledger["epsilon_per_patient"] == ledger["epsilon"]
+    assert 0 < ledger["epsilon_spent"] <= 3.0
+    assert ledger["epsilon_spent"] > 0.9 * 3.0, "sigma should be the smallest that meets the target"
+    assert rows[-1]["epsilon_spent"] == pytest.approx(ledger["epsilon_spent"])
+    assert ledger["epsilon_per_patient"] == ledger["epsilon_spent"]
     # replace-one: changing one image replaces one patient's record, so the per-image bound is the same
-    assert ledger["epsilon_per_image"] == ledger["epsilon"] and ledger["adjacency"] == "replace_one"
+    assert ledger["epsilon_per_image"] == ledger["epsilon_spent"] and ledger["adjacency"] == "replace_one"
     # dp-accounting's PLD (replace-one) on a 10x finer grid, from the ledger's own parameters: the ledger's
     # pessimistic estimate is an upper bound within its discretisation
-    assert ledger["epsilon"] >= _pld_epsilon(ledger) - 1e-9
-    assert _pld_epsilon(ledger) == pytest.approx(ledger["epsilon"], rel=1e-3)
+    assert ledger["epsilon_spent"] >= _pld_epsilon(ledger) - 1e-9
+    assert _pld_epsilon(ledger) == pytest.approx(ledger["epsilon_spent"], rel=1e-3)
 
 
 def test_ledger_roundtrip_and_validation(tmp_path, trained_dpsgd):
@@ -144,11 +144,11 @@ def test_ledger_roundtrip_and_validation(tmp_path, trained_dpsgd):
 
 def test_non_private_ledger_states_no_guarantee(tmp_path):
     ledger = PRIVACY_MODES.get("none")(target_epsilon=math.inf, delta=0.0).ledger()
-    assert ledger["guarantee"] == "none" and math.isinf(ledger["epsilon"])
+    assert ledger["guarantee"] == "none" and math.isinf(ledger["epsilon_spent"])
     write_ledger(tmp_path / "p.json", ledger)
     assert "Infinity" in (tmp_path / "p.json").read_text()
     with pytest.raises(LedgerError, match="Infinity"):
-        write_ledger(tmp_path / "q.json", ledger | {"epsilon": 3.0})
+        write_ledger(tmp_path / "q.json", ledger | {"epsilon_spent": 3.0})
 
 
 def test_dpsgd_per_sample_gradients_pair_real_and_fake_exactly():
@@ -188,6 +188,6 @@ def test_image_unit_ledger_reports_patient_level_conversion():
         module(next(iter(loader))).sum().backward()
         optimizer.step()
     ledger = mode.ledger()
-    assert ledger["unit"] == "image" and ledger["epsilon_per_image"] == ledger["epsilon"] <= 0.5
-    assert ledger["epsilon_per_patient"] == pytest.approx(3 * ledger["epsilon"])
-    assert ledger["delta_per_patient"] == pytest.approx(3 * math.exp(2 * ledger["epsilon"]) * 1e-6)
+    assert ledger["unit"] == "image" and ledger["epsilon_per_image"] == ledger["epsilon_spent"] <= 0.5
+    assert ledger["epsilon_per_patient"] == pytest.approx(3 * ledger["epsilon_spent"])
+    assert ledger["delta_per_patient"] == pytest.approx(3 * math.exp(2 * ledger["epsilon_spent"]) * 1e-6)

@@ -73,7 +73,7 @@ def test_known_seed_attack_succeeds_against_deterministic_and_fails_against_secr
     assert _attack(hypotheses, tmp_path / "a2", _weights(tmp_path / "sec")) == {"in": False, "out": False}
     ledger = read_ledger(tmp_path / "sec" / "privacy.json")
     assert ledger["randomness"] == "secret" and ledger["dp_release"] is True
-    assert ledger["guarantee"] == "formal" and ledger["epsilon"] <= RUN.epsilon
+    assert ledger["guarantee"] == "formal" and ledger["epsilon_spent"] <= RUN.epsilon
 
 
 def test_two_runs_differing_only_in_epsilon_share_no_noise_draws():

@@ -103,7 +103,7 @@ def test_every_real_dataset_flows_through_the_dag(raw, tmp_path):
         splits = read_splits(tmp_path / "results" / name / "splits.parquet")
         assert set(splits.patient_id) == set(raw_set.patient_id)  # every patient in exactly one split
         dpsgd = privacy[(privacy.dataset == name) & (privacy.model == "dcgan") & (privacy.privacy == "dpsgd")].iloc[0]
-        assert dpsgd.n_train_patients == (splits.split == "train").sum() and dpsgd.epsilon <= 1.0
+        assert dpsgd.n_train_patients == (splits.split == "train").sum() and dpsgd.epsilon_spent <= 1.0
         labelled = (raw_set.label >= 0).all()
         downstream = trained[(trained.dataset == name) & trained.metric.str.startswith("downstream")]
         assert downstream.empty != labelled, name  # only labelled sets are classified

@@ -19,7 +19,7 @@ TINY = {
 }
 # what a released training log may hold beside the losses of unprotected networks and protected networks'
 # losses on generated data
-PUBLIC_COLUMNS = {"epoch", "step", "epsilon", "seconds_per_step", "class"}
+PUBLIC_COLUMNS = {"epoch", "step", "epsilon_spent", "seconds_per_step", "class"}
 
 
 @pytest.fixture(scope="module")

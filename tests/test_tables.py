@@ -40,7 +40,7 @@ def _metrics() -> pd.DataFrame:
     for (model, privacy, eps), values in runs.items():
         for metric, per_seed in values.items():
             for seed, v in enumerate(per_seed):
-                rows.append(dict(dataset="toy", model=model, privacy=privacy, epsilon=eps, seed=seed,
+                rows.append(dict(dataset="toy", model=model, privacy=privacy, epsilon_target=eps, seed=seed,
                                  metric=metric, value=float(v), reference="test", n_real=10.0, n_fake=10.0))
     other = dict(rows[0], dataset="other", value=1.0)
     return pd.DataFrame(rows + [other])
@@ -48,7 +48,7 @@ def _metrics() -> pd.DataFrame:
 
 def _ledger(model, privacy, eps, guarantee, **kw) -> dict:
     base = dict(dataset="toy", model=model, privacy=privacy, epsilon_target=eps, seed=0, guarantee=guarantee,
-                unit="patient" if guarantee == "formal" else "image", epsilon=kw.pop("epsilon", INF),
+                unit="patient" if guarantee == "formal" else "image", epsilon_spent=kw.pop("epsilon_spent", INF),
                 delta=kw.pop("delta", 0.0), epsilon_per_image=np.nan, epsilon_per_patient=np.nan,
                 delta_per_image=np.nan, delta_per_patient=np.nan, noise_multiplier=np.nan, noise_scale=np.nan,
                 noise=None, sample_rate=np.nan, steps=np.nan, accountant=None, output_noise=None)
@@ -62,13 +62,13 @@ def _privacy() -> pd.DataFrame:
         _ledger("dcgan", "output_laplace", 1.0, "none", output_noise='{"noise": "laplace", "noise_scale": 4096.0}',
                 epsilon_per_image=1.0, epsilon_per_patient=12.0, delta_per_patient=1e-5),
         _ledger("dcgan", "none", INF, "none"),
-        _ledger("dcgan", "dpsgd", 1.0, "formal", epsilon=0.9937, delta=1e-5, epsilon_per_image=1.9873,
+        _ledger("dcgan", "dpsgd", 1.0, "formal", epsilon_spent=0.9937, delta=1e-5, epsilon_per_image=1.9873,
                 epsilon_per_patient=0.9937, delta_per_image=5.4e-5, delta_per_patient=1e-5, noise_multiplier=30.0,
                 sample_rate=0.5, steps=250.0, accountant="opacus PRV"),
-        _ledger("dcgan", "dpsgd", 10.0, "formal", epsilon=9.996, delta=1e-5, epsilon_per_image=19.99,
+        _ledger("dcgan", "dpsgd", 10.0, "formal", epsilon_spent=9.996, delta=1e-5, epsilon_per_image=19.99,
                 epsilon_per_patient=9.996, delta_per_image=0.4388, delta_per_patient=1e-5, noise_multiplier=4.03,
                 sample_rate=0.5, steps=250.0, accountant="opacus PRV"),
-        _ledger("dcgan", "input_laplace", 1.0, "formal", epsilon=1.0, delta=0.0, epsilon_per_image=0.0833,
+        _ledger("dcgan", "input_laplace", 1.0, "formal", epsilon_spent=1.0, delta=0.0, epsilon_per_image=0.0833,
                 epsilon_per_patient=1.0, noise_scale=49152.0, noise="laplace", accountant="dp_accounting"),
         _ledger("ddcgan", "none", INF, "none"),
         dict(_ledger("dcgan", "none", INF, "none"), dataset="other"),
@@ -167,8 +167,8 @@ def test_absent_metric_left_out_none_present_raises():
         main_results_table(_metrics(), "toy", ["ms_ssim_nn"])
     with pytest.raises(ValueError, match="nope"):
         main_results_table(_metrics(), "nope", METRICS)
-    with pytest.raises(ValueError, match="epsilon"):
-        main_results_table(_metrics().drop(columns="epsilon"), "toy", METRICS)
+    with pytest.raises(ValueError, match="epsilon_target"):
+        main_results_table(_metrics().drop(columns="epsilon_target"), "toy", METRICS)
 
 
 def test_caption_states_unit_delta_and_no_guarantee():
@@ -179,6 +179,15 @@ def test_caption_states_unit_delta_and_no_guarantee():
     assert "† no privacy guarantee" in caption and "output Laplace" in caption
     assert _row(md, "DCGAN", "output Laplace†")[2] == "1"
     assert r"$\delta = 10^{-5}$" in to_latex(t, metric_info=INFO)
+
+
+@pytest.mark.parametrize("randomness", ["deterministic", "secret"])
+def test_captions_say_when_the_study_is_not_a_dp_release(randomness):
+    privacy = _privacy().assign(randomness=randomness, adjacency_statement="replace one patient by any other")
+    for table in (main_results_table(_metrics(), "toy", METRICS, privacy=privacy), privacy_table(privacy, "toy")):
+        caption = to_markdown(table, metric_info=INFO).split("\n\n", 1)[0]
+        assert caption.removeprefix("Table: ").startswith("**Not a DP release") == (randomness == "deterministic")
+        assert "neighbouring datasets: replace one patient by any other" in caption
 
 
 def test_privacy_table_no_guarantee_has_no_epsilon():
@@ -266,7 +275,7 @@ def test_default_metric_info_directions():
 
 def test_fewer_seeds_marked():
     df = _metrics()
-    df = df[~((df["privacy"] == "dpsgd") & (df["epsilon"] == 1.0) & (df["seed"] == 1))]
+    df = df[~((df["privacy"] == "dpsgd") & (df["epsilon_target"] == 1.0) & (df["seed"] == 1))]
     md = to_markdown(main_results_table(df, "toy", ["fid_effnetlite0"]), metric_info=INFO)
     assert _row(md, "DCGAN", "DP-SGD", "1")[3] == "400 (n=1)"
     assert _row(md, "DCGAN", "DP-SGD", "10")[3] == "351 ± 1"

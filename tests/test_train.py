@@ -42,9 +42,12 @@ def test_train_run_is_reproducible_and_writes_artefacts(study, tmp_path, privacy
     assert read_ledger(tmp_path / "a" / "privacy.json") == ledger
     assert ledger["dataset"] == "toy" and ledger["seed"] == 3 and ledger["n_train_patients"] == 6
     if privacy == "dpsgd":
-        assert ledger["epsilon"] <= epsilon and ledger["epsilon_target"] == epsilon
+        assert ledger["epsilon_spent"] <= epsilon and ledger["epsilon_target"] == epsilon
     log = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
-    assert log[0].startswith("epoch,step,loss_discriminator,loss_generator,real_batch,epsilon")
+    if privacy == "dpsgd":  # the discriminator is protected: only its loss on generated images is released
+        assert log[0] == "epoch,step,loss_discriminator_generated,loss_generator,epsilon_spent,seconds_per_step"
+    else:
+        assert log[0] == "epoch,step,loss_discriminator,loss_generator,real_batch,epsilon_spent,seconds_per_step"
     assert len(log) == 1 + (2 if privacy == "dpsgd" else 1)  # one row per epoch: 4 steps per epoch, or 1/q = 2 (6 patients, batch 4)
 
     samples = generate_samples(tmp_path / "a" / "checkpoint.pt", tmp_path / "a" / "samples.h5", n_samples=5, seed=0)
@@ -150,10 +153,10 @@ def test_killed_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, mo
     assert a.keys() == b.keys()
     for key in a:
         assert _equal(a[key], b[key]), key
-    assert ledger_a["epsilon"] == ledger_b["epsilon"]
+    assert ledger_a["epsilon_spent"] == ledger_b["epsilon_spent"]
     if privacy == "dpsgd":
         private = sum(p.reads_real_data for p in MODELS.get(model)(image_size=32, **TINY[model]).players())
-        assert ledger_b["steps"] == 9 * private and ledger_b["epsilon"] <= epsilon
+        assert ledger_b["steps"] == 9 * private and ledger_b["epsilon_spent"] <= epsilon
     assert not resume.exists()
     log_a = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.csv").read_text().splitlines()

@@ -27,11 +27,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 DPSGD_LEDGER = {
     "dataset": "toy", "model": "dcgan", "privacy": "dpsgd", "seed": 0, "mechanism": "dpsgd",
-    "guarantee": "formal", "unit": "patient", "epsilon": 0.97, "epsilon_target": 1.0, "delta": 1e-5,
+    "guarantee": "formal", "unit": "patient", "epsilon_spent": 0.97, "epsilon_target": 1.0, "delta": 1e-5,
 }
 NONE_LEDGER = {
     "dataset": "toy", "model": "ddpm", "privacy": "none", "seed": 0, "mechanism": "none",
-    "guarantee": "none", "unit": "image", "epsilon": math.inf, "epsilon_target": math.inf, "delta": 0.0,
+    "guarantee": "none", "unit": "image", "epsilon_spent": math.inf, "epsilon_target": math.inf, "delta": 0.0,
 }
 
 
@@ -59,7 +59,7 @@ def class_log(n_per_class=30, n_classes=2) -> pd.DataFrame:
         for e in range(1, n_per_class + 1):
             rows.append(dict(epoch=e, step=2 * e, loss_discriminator=1.0 + rng.random(),
                              loss_generator=0.5 + rng.random(), real_batch=10.0,
-                             epsilon=np.nan if e % 2 else 0.03 * e, seconds_per_step=0.1, **{"class": c}))
+                             epsilon_spent=np.nan if e % 2 else 0.03 * e, seconds_per_step=0.1, **{"class": c}))
     return pd.DataFrame(rows)
 
 
@@ -112,9 +112,9 @@ def test_class_log_panels_smoothing_and_epsilon(captured):
     eps_ax = axes[2]
     for c in (0, 1):  # empty cells are skipped, the rest drawn as logged
         line = gid_lines(eps_ax, "eps:")[f"eps:class {c}"]
-        rows = log[(log["class"] == c) & log["epsilon"].notna()]
+        rows = log[(log["class"] == c) & log["epsilon_spent"].notna()]
         np.testing.assert_array_equal(line.get_xdata(), rows["step"])
-        np.testing.assert_allclose(line.get_ydata(), rows["epsilon"])
+        np.testing.assert_allclose(line.get_ydata(), rows["epsilon_spent"])
     target = gid_lines(eps_ax, "eps_target")["eps_target"]
     assert set(np.asarray(target.get_ydata(), dtype=float)) == {1.0}
     final = gid_lines(eps_ax, "eps_final")["eps_final"]
@@ -126,7 +126,7 @@ def test_class_log_panels_smoothing_and_epsilon(captured):
 
 
 def test_inf_epsilon_panel_says_no_accounting(captured):
-    log = class_log(n_per_class=8).assign(epsilon=np.inf)
+    log = class_log(n_per_class=8).assign(epsilon_spent=np.inf)
     plot_training_curves(log, NONE_LEDGER, ["unused.png"])
     plot_training_curves(log, None, ["unused.png"], title="no ledger")
     for fig in captured:
@@ -137,7 +137,7 @@ def test_inf_epsilon_panel_says_no_accounting(captured):
     assert "guarantee: none" in ax_texts(visible_axes(captured[0])[-1])
     # a guarantee "none" ledger wins over finite numbers in the log (output perturbation keeps the target)
     out_ledger = NONE_LEDGER | {"mechanism": "output_gaussian", "privacy": "output_gaussian", "epsilon_target": 1.0}
-    plot_training_curves(class_log(n_per_class=8).assign(epsilon=1.0), out_ledger, ["unused.png"])
+    plot_training_curves(class_log(n_per_class=8).assign(epsilon_spent=1.0), out_ledger, ["unused.png"])
     text = ax_texts(visible_axes(captured[-1])[-1])
     assert "guarantee: none" in text and "output Gaussian noise" in text
 
@@ -148,7 +148,7 @@ def test_fusion_columns_without_class(captured):
     log = pd.DataFrame(dict(epoch=np.arange(1, n + 1), step=3 * np.arange(1, n + 1),
                             loss_discriminator_mri=1 + rng.random(n), loss_discriminator_pet=1 + rng.random(n),
                             loss_generator=40 + rng.random(n), real_batch=40.0,
-                            epsilon=np.linspace(0.1, 1.0, n), seconds_per_step=0.5))
+                            epsilon_spent=np.linspace(0.1, 1.0, n), seconds_per_step=0.5))
     plot_training_curves(log, DPSGD_LEDGER | {"model": "ddcgan"}, ["unused.png"])
     (fig,) = captured
     axes = visible_axes(fig)
@@ -158,12 +158,12 @@ def test_fusion_columns_without_class(captured):
     for ax in axes[:3]:
         assert set(gid_lines(ax, "raw:")) == {f"raw:{ax.lines[0].get_gid().split(':')[1]}:all"}
         assert len(gid_lines(ax, "ema:")) == 1
-    np.testing.assert_allclose(gid_lines(axes[3], "eps:")["eps:all"].get_ydata(), log["epsilon"])
+    np.testing.assert_allclose(gid_lines(axes[3], "eps:")["eps:all"].get_ydata(), log["epsilon_spent"])
     assert not any(t.startswith("class") for t in legend_texts(fig))
 
 
 def test_single_row_and_wide_range_log(captured):
-    one = pd.DataFrame({"epoch": [1], "step": [16], "loss_denoiser": [0.3], "epsilon": [""]})
+    one = pd.DataFrame({"epoch": [1], "step": [16], "loss_denoiser": [0.3], "epsilon_spent": [""]})
     plot_training_curves(one, None, ["unused.png"])
     ax = visible_axes(captured[0])[0]
     (line,) = ax.lines
@@ -171,17 +171,17 @@ def test_single_row_and_wide_range_log(captured):
     assert "no privacy accounting" in ax_texts(visible_axes(captured[0])[1])
     assert "too few epochs to smooth" in " ".join(legend_texts(captured[0]))
     # positive losses over more than two decades: log axis, said in the title
-    wide = pd.DataFrame({"step": np.arange(1, 31), "loss_generator": np.geomspace(1.0, 1e-3, 30), "epsilon": 1.0})
+    wide = pd.DataFrame({"step": np.arange(1, 31), "loss_generator": np.geomspace(1.0, 1e-3, 30), "epsilon_spent": 1.0})
     plot_training_curves(wide, None, ["unused.png"])
     ax = visible_axes(captured[1])[0]
     assert ax.get_yscale() == "log" and "log scale" in ax.get_title()
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("no_step_log.csv", "epoch,loss_generator,epsilon\n1,0.5,\n", "no 'step' column"),
-    ("header_only.csv", "epoch,step,loss_generator,epsilon\n", "empty"),
+    ("no_step_log.csv", "epoch,loss_generator,epsilon_spent\n1,0.5,\n", "no 'step' column"),
+    ("header_only.csv", "epoch,step,loss_generator,epsilon_spent\n", "empty"),
     ("blank.csv", "", "empty"),
-    ("no_loss.csv", "epoch,step,epsilon\n1,2,0.1\n", "loss_"),
+    ("no_loss.csv", "epoch,step,epsilon_spent\n1,2,0.1\n", "loss_"),
 ])
 def test_bad_logs_raise_with_the_file_name(tmp_path, name, text, message):
     log = tmp_path / name
@@ -198,7 +198,7 @@ def test_training_curves_figure_reads_a_run_dir(tmp_path):
     (run / "privacy.json").write_text(json.dumps(DPSGD_LEDGER))
     inf_run = tmp_path / "none_run"
     inf_run.mkdir()
-    class_log(n_per_class=5).assign(epsilon=np.inf).to_csv(inf_run / "train_log.csv", index=False)
+    class_log(n_per_class=5).assign(epsilon_spent=np.inf).to_csv(inf_run / "train_log.csv", index=False)
     (inf_run / "privacy.json").write_text(json.dumps(NONE_LEDGER))  # json writes Infinity, as the ledgers do
     paths = [tmp_path / "figs" / "curves.png"]
     training_curves_figure(run, paths)  # run directory: the ledger beside the log
@@ -222,9 +222,9 @@ def cost_table(scale=1.0, metrics=("cost_train_wall_s", "cost_train_max_rss_mb",
             for eps in epsilons:
                 for seed in (0, 1):
                     for metric in metrics:
-                        rows.append(dict(dataset="toy", model=model, privacy=privacy, epsilon=eps, seed=seed,
+                        rows.append(dict(dataset="toy", model=model, privacy=privacy, epsilon_target=eps, seed=seed,
                                          metric=metric, value=scale * (10 + 90 * rng.random())))
-    rows.append(dict(dataset="other", model="dcgan", privacy="none", epsilon=np.inf, seed=0,
+    rows.append(dict(dataset="other", model="dcgan", privacy="none", epsilon_target=np.inf, seed=0,
                      metric="cost_train_wall_s", value=1e6))
     return pd.DataFrame(rows)
 

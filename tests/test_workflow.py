@@ -18,6 +18,7 @@ import yaml
 
 from dpmedgen.config import runs
 from dpmedgen.metrics import all_metric_info
+from dpmedgen.results import GUARANTEE_COLUMNS, METRIC_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -46,7 +47,7 @@ def test_ci_study_end_to_end(ci_study):
     config = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
 
     metrics = pd.read_parquet(results / "metrics.parquet")
-    assert {"dataset", "model", "privacy", "epsilon", "seed", "metric", "value"} <= set(metrics.columns)
+    assert set(METRIC_COLUMNS + GUARANTEE_COLUMNS) <= set(metrics.columns) and "epsilon" not in metrics.columns
     grid = runs(config)
     n_runs = len(grid)
     reference = metrics[metrics.model == "real_data"]  # the downstream classifier trained on real train patients
@@ -54,7 +55,7 @@ def test_ci_study_end_to_end(ci_study):
                                      "downstream_accuracy_patient", "downstream_val_auroc", "downstream_epoch"}
     assert set(reference.seed) == set(config["seeds"]) and (reference.privacy == "none").all()
     metrics = metrics[metrics.model != "real_data"]
-    assert metrics.groupby(["model", "privacy", "epsilon", "seed"]).ngroups == n_runs
+    assert metrics.groupby(["model", "privacy", "epsilon_target", "seed"]).ngroups == n_runs
     for model in config["models"]:  # every model trains non-privately and with DP-SGD
         assert {"none", "dpsgd"} <= set(metrics.loc[metrics.model == model, "privacy"]), model
     family = {i.name: i.family for i in all_metric_info(config["models"]["ddcgan"]["modalities"])}
@@ -69,20 +70,25 @@ def test_ci_study_end_to_end(ci_study):
             expected |= {"mia_discriminator"} if model != "ddpm" and privacy != "functional" else set()
         assert families == expected, (model, privacy)  # fid_inception: skipped, no weights file in CI
     assert metrics.loc[metrics.metric == "fid_effnetlite0", "value"].gt(0).all()
-    assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon"].iloc[0])
+    assert math.isinf(metrics.loc[metrics.privacy == "none", "epsilon_target"].iloc[0])
+    no_guarantee = metrics.guarantee == "none"  # no bound where there is no guarantee; no run of CI is a DP release
+    assert metrics.loc[no_guarantee, "epsilon_spent"].map(math.isinf).all()
+    assert (metrics.loc[~no_guarantee, "epsilon_spent"] <= metrics.loc[~no_guarantee, "epsilon_target"] * (1 + 1e-6)).all()
+    assert set(metrics.loc[~no_guarantee, "privacy"]) == {"dpsgd", "input_gaussian", "functional"}
+    assert not metrics.dp_release.any() and set(metrics.randomness.dropna()) == {"deterministic"}
 
     privacy = pd.read_parquet(results / "privacy.parquet")
     assert len(privacy) == n_runs
     assert set(privacy.privacy) == set(config["privacy"]["modes"])
     formal = privacy[privacy.guarantee == "formal"]
-    assert (formal.epsilon <= formal.epsilon_target * (1 + 1e-6)).all() and (formal.unit == "patient").all()
+    assert (formal.epsilon_spent <= formal.epsilon_target * (1 + 1e-6)).all() and (formal.unit == "patient").all()
     assert set(formal.privacy) == {"dpsgd", "input_gaussian", "functional"}
-    assert privacy.loc[privacy.privacy.str.startswith("output_"), "epsilon"].map(math.isinf).all()
+    assert privacy.loc[privacy.privacy.str.startswith("output_"), "epsilon_spent"].map(math.isinf).all()
     ledger = json.loads(next(results.glob("brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json")).read_text())
-    assert ledger["epsilon"] <= 1.0 and ledger["noise_multiplier"] > 0
+    assert ledger["epsilon_spent"] <= 1.0 and ledger["noise_multiplier"] > 0
     fusion = json.loads((results / "brain_phantom/runs/ddcgan/dpsgd/eps1/seed0/privacy.json").read_text())
     assert fusion["protected_networks"] == ["discriminator_mri", "discriminator_pet", "generator"]
-    assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon"] <= 1.0
+    assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon_spent"] <= 1.0
     figures = results / "figures" / "brain_phantom"
     expected = ["privacy_utility", "privacy_audit", "cost"]
     expected += [f"{kind}_{m}" for kind in ("privacy_utility", "comparison") for m in config["models"]]
@@ -232,7 +238,7 @@ def test_slurm_profile_reproduces_the_local_study(ci_study, tmp_path):
     def numbers(workdir: Path) -> pd.DataFrame:
         m = pd.read_parquet(workdir / "results-ci" / "metrics.parquet")
         m = m[~m.metric.str.startswith("cost_")]  # wall time and memory differ between any two runs
-        return m.sort_values(["model", "privacy", "epsilon", "seed", "metric"]).reset_index(drop=True)
+        return m.sort_values(["model", "privacy", "epsilon_target", "seed", "metric"]).reset_index(drop=True)
 
     local, cluster = numbers(ci_study), numbers(tmp_path)
     pd.testing.assert_frame_equal(local.drop(columns="value"), cluster.drop(columns="value"))

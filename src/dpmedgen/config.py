@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from dpmedgen.results import NON_PRIVATE
 from dpmedgen.runs import RunSpec
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
-NON_PRIVATE = "none"
 
 
 class ConfigError(ValueError):

@@ -1,8 +1,9 @@
 """Evaluate one run's samples against real held-out images, and gather every run into the study tables.
 
-`results/metrics.parquet` is long: one row per (dataset, model, privacy, epsilon, seed, metric) with a
-`value`. `results/privacy.parquet` has one row per run with its ledger's fields. Epsilon is a float;
-`inf` marks the non-private reference.
+`results/metrics.parquet` is long: one row per (dataset, model, privacy, epsilon_target, seed, metric) with
+a `value`, and beside it the run's guarantee from its ledger (`guarantee`, `epsilon_spent`, `delta`, `unit`,
+`adjacency`, `randomness`, `dp_release`; the names of `dpmedgen.results`). `results/privacy.parquet` has one
+row per run with its ledger's fields. `epsilon_target` is a float; `inf` marks the non-private reference.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, Labelled
 from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
-from dpmedgen.runs import REAL_DATA, RunSpec
+from dpmedgen.results import EPSILON_SPENT, EPSILON_TARGET, GUARANTEE_COLUMNS, METRIC_COLUMNS, NO_GUARANTEE, REAL_DATA, RUN_KEYS
+from dpmedgen.runs import RunSpec
 
 logger = logging.getLogger(__name__)
 
-KEYS = ["dataset", "model", "privacy", "epsilon", "seed"]
 
 
 def _write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -173,7 +174,7 @@ def evaluate_run(
         values = {name: v for name, v in values.items() if name not in undefined}
     families = {i.name: i.family for i in all_metric_info(list(inputs.get("sources") or ("mri", "pet")))}
     rows = pd.DataFrame(
-        [run.as_dict() | {"metric": name, "value": float(v), "reference": _reference(families.get(name, ""), split),
+        [run.table_keys() | {"metric": name, "value": float(v), "reference": _reference(families.get(name, ""), split),
                           "n_real": len(real), "n_fake": len(fake)}
          for name, v in values.items()]
     )
@@ -204,7 +205,7 @@ def downstream_reference(
 ) -> pd.DataFrame:
     """The downstream family's reference rows: the same classifier, selection (val) and test (`split`) as
     every run's, trained on the real training images (as stored: no canary marker). Written as metric rows
-    with model `REAL_DATA`, privacy "none" and epsilon inf."""
+    with model `REAL_DATA`, privacy "none" and epsilon_target inf."""
     import torch
 
     torch.set_num_threads(threads)
@@ -216,7 +217,7 @@ def downstream_reference(
     else:
         train, val, test = (_labelled(select_split(everyone, splits, s), modality) for s in ("train", SELECTION_SPLIT, split))
         values, n_test, n_train = downstream_utility(train, val, test, seed=seed, epochs=epochs), len(test.labels), len(train.labels)
-    run = {"dataset": dataset, "model": REAL_DATA, "privacy": "none", "epsilon": math.inf, "seed": int(seed)}
+    run = {"dataset": dataset, "model": REAL_DATA, "privacy": "none", EPSILON_TARGET: math.inf, "seed": int(seed)}
     rows = pd.DataFrame(
         [run | {"metric": name, "value": float(v), "reference": _reference("downstream", split) + " (trained on real train patients)",
                 "n_real": n_test, "n_fake": n_train}
@@ -297,7 +298,7 @@ def aggregate(
             raise ValueError(f"benchmarks of {stage}: {len(files)} files for {0 if runs is None else len(runs)} runs")
         tables.append(pd.DataFrame([row for run, f in zip(runs, files) for row in cost_rows(run, stage, f)]))
     metrics = pd.concat([t for t in tables if len(t)], ignore_index=True)
-    metrics = metrics.sort_values(KEYS + ["metric"], kind="stable").reset_index(drop=True)
+    metrics = metrics.sort_values(list(METRIC_COLUMNS[:-1]), kind="stable").reset_index(drop=True)
 
     records: list[dict[str, Any]] = []
     for f in ledger_files:
@@ -305,8 +306,28 @@ def aggregate(
         # Nested / list fields are stored as JSON text so the table stays flat.
         records.append({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in ledger.items()} | {"ledger_path": os.fspath(f)})
     privacy = pd.DataFrame(records)
-    privacy["epsilon_target"] = privacy["epsilon_target"].astype(float)
-    privacy = privacy.sort_values(["dataset", "model", "privacy", "epsilon_target", "seed"], kind="stable").reset_index(drop=True)
+    privacy[EPSILON_TARGET] = privacy[EPSILON_TARGET].astype(float)
+    privacy = privacy.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
+    metrics = _with_guarantees(metrics, privacy)
     _write_parquet(metrics, out_metrics)
     _write_parquet(privacy, out_privacy)
     return metrics, privacy
+
+
+def _with_guarantees(metrics: pd.DataFrame, privacy: pd.DataFrame) -> pd.DataFrame:
+    """Every metric row with its run's guarantee (`GUARANTEE_COLUMNS`, from the ledger); the reference rows,
+    which no privacy mode produced, state none (`NO_GUARANTEE`)."""
+    columns = [c for c in GUARANTEE_COLUMNS if c in privacy.columns]
+    ledgers = privacy[list(RUN_KEYS) + columns]
+    out = metrics.merge(ledgers, on=list(RUN_KEYS), how="left", validate="many_to_one", indicator=True)
+    reference = out["_merge"] == "left_only"
+    stray = out.loc[reference & (out["model"] != REAL_DATA), list(RUN_KEYS)].drop_duplicates()
+    if len(stray):
+        raise ValueError(f"metric rows of runs without a ledger: {stray.to_dict('records')[:3]}")
+    for column, value in NO_GUARANTEE.items():
+        if column not in out.columns:
+            out[column] = None
+        out.loc[reference, column] = value
+    out[EPSILON_SPENT] = out[EPSILON_SPENT].astype(float)
+    out["dp_release"] = out["dp_release"].astype(bool)
+    return out.drop(columns="_merge")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-#: `model` of the downstream classifier's reference rows (trained on the real training patients; not a model)
-REAL_DATA = "real_data"
+from dpmedgen.results import EPSILON_TARGET, REAL_DATA
+
+__all__ = ["REAL_DATA", "RunSpec", "format_epsilon", "parse_epsilon"]
 
 
 def format_epsilon(epsilon: float) -> str:
@@ -36,6 +37,12 @@ class RunSpec:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def table_keys(self) -> dict:
+        """The run's identity as the study tables spell it (`dpmedgen.results.RUN_KEYS`): its epsilon is the
+        target (`epsilon_target`), never a spent bound."""
+        return {"dataset": self.dataset, "model": self.model, "privacy": self.privacy,
+                EPSILON_TARGET: self.epsilon, "seed": self.seed}
 
     @classmethod
     def from_wildcards(cls, wildcards) -> "RunSpec":

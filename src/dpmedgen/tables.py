@@ -37,11 +37,16 @@ import numpy as np
 import pandas as pd
 
 from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key, write_atomic
-from dpmedgen.runs import REAL_DATA
+from dpmedgen.results import (
+    EPSILON_TARGET,
+    METRIC_COLUMNS,
+    NON_PRIVATE,
+    NOT_A_DP_RELEASE,
+    PRIVACY_COLUMNS,
+    REAL_DATA,
+    deterministic_formal_runs,
+)
 
-NON_PRIVATE = "none"
-METRIC_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
-PRIVACY_COLUMNS = ("dataset", "model", "privacy", "epsilon_target", "seed", "guarantee")
 STATS = ("mean", "sd", "n")
 MAX_DECIMALS = 8
 #: The main table's metrics when none are named: fidelity, diversity, image quality, downstream utility,
@@ -104,6 +109,9 @@ def _privacy_facts(privacy: pd.DataFrame, dataset: str) -> dict[str, Any]:
         "deltas": deltas,
         "no_guarantee": no_guarantee,
         "accountants": accountants,
+        "adjacency": sorted(set(formal["adjacency_statement"].dropna().astype(str)))
+        if "adjacency_statement" in formal.columns else [],
+        "not_dp_release": deterministic_formal_runs(led),
     }
 
 
@@ -116,7 +124,7 @@ def main_results_table(
 ) -> pd.DataFrame:
     """Mean, sample sd (ddof 1; NaN for one seed) and seed count of each metric over seeds.
 
-    Index: ``(model, privacy, epsilon)`` (target ε; ``inf`` for non-private), ordered by model, then
+    Index: ``(model, privacy, epsilon_target)`` (target ε; ``inf`` for non-private), ordered by model, then
     non-private first and techniques in ``PRIVACY_ORDER``, then ε ascending; the ``real_data`` reference row
     last. Columns: ``(metric, stat)`` with stat in ``mean, sd, n`` for each requested metric present in the
     table (in the requested order; absent names are left out and listed in ``attrs["absent_metrics"]``). Values
@@ -133,13 +141,13 @@ def main_results_table(
     if not chosen:
         raise ValueError(f"none of the metrics {list(metric_names)} is in the metrics table of dataset {dataset!r}")
     df = df[df["metric"].isin(chosen)]
-    keys = ["model", "privacy", "epsilon", "seed", "metric"]
+    keys = ["model", "privacy", EPSILON_TARGET, "seed", "metric"]
     dup = df.duplicated(keys, keep=False)
     if dup.any():
         first = df.loc[dup, keys].iloc[0].to_dict()
         raise ValueError(f"metrics table of dataset {dataset!r} has duplicate rows for {first}: one value per "
-                         "(model, privacy, epsilon, seed, metric) is expected")
-    grouped = df.groupby(["model", "privacy", "epsilon", "metric"])["value"]
+                         "(model, privacy, epsilon_target, seed, metric) is expected")
+    grouped = df.groupby(["model", "privacy", EPSILON_TARGET, "metric"])["value"]
     stats = pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(ddof=1), "n": grouped.count()})
     wide = stats.unstack("metric")  # columns (stat, metric)
     wide = wide.swaplevel(0, 1, axis=1)
@@ -153,7 +161,7 @@ def main_results_table(
         return (model == REAL_DATA, str(model), privacy_sort_key(str(priv)), float(eps))
 
     wide = wide.loc[sorted(wide.index, key=order)]
-    wide.index.names = ["model", "privacy", "epsilon"]
+    wide.index.names = ["model", "privacy", EPSILON_TARGET]
     wide.attrs.update(
         table="main",
         dataset=dataset,
@@ -496,6 +504,16 @@ def _main_caption(table: pd.DataFrame, fmt: _Fmt) -> str:
         labels = ", ".join(esc(privacy_label(p)) for p in ng)
         parts.append(f"{fmt.dagger} no privacy guarantee for the training data ({labels}): {fmt.eps} only calibrates "
                      "noise added to the released images")
+    return _release_notes(a, fmt, parts)
+
+
+def _release_notes(a: Mapping[str, Any], fmt: _Fmt, parts: list[str]) -> str:
+    """The caption's parts, with the neighbouring relation and, first and in bold, a study that is not a DP
+    release (deterministic randomness)."""
+    if a.get("adjacency"):
+        parts.append("neighbouring datasets: " + fmt.escape(" | ".join(a["adjacency"])))
+    if a.get("not_dp_release"):
+        parts.insert(0, fmt.bold_text(fmt.escape(NOT_A_DP_RELEASE[0].upper() + NOT_A_DP_RELEASE[1:])))
     return "; ".join(parts) + "."
 
 
@@ -518,7 +536,7 @@ def _privacy_caption(table: pd.DataFrame, fmt: _Fmt) -> str:
     ]
     if a.get("accountants"):
         parts.append("accountants: " + esc("; ".join(a["accountants"])))
-    return "; ".join(parts) + "."
+    return _release_notes(a, fmt, parts)
 
 
 def _privacy_cells(table: pd.DataFrame, fmt: _Fmt) -> tuple[list[str], list[list[str]]]:

@@ -289,7 +289,7 @@ def patient_privacy(ledger: Mapping[str, Any] | None) -> tuple[float, float] | N
         eps = float(ledger["epsilon_per_patient"])
         delta = float(ledger.get("delta_per_patient", ledger.get("delta", math.nan)))
     elif ledger.get("unit") == "patient":
-        eps, delta = float(ledger["epsilon"]), float(ledger["delta"])
+        eps, delta = float(ledger["epsilon_spent"]), float(ledger["delta"])
     else:
         return None
     if math.isnan(eps) or math.isnan(delta) or eps < 0 or not 0 <= delta <= 1:

@@ -35,6 +35,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
+from ..results import (
+    EPSILON_TARGET,
+    METRIC_COLUMNS,
+    NON_PRIVATE,
+    NOT_A_DP_RELEASE_SHORT,
+    PRIVACY_COLUMNS,
+    RUN_KEYS,
+    deterministic_formal_runs,
+)
 from .style import (
     mean_ci95,
     model_label,
@@ -50,12 +59,9 @@ from .style import (
 
 __all__ = ["dp_auc_bound", "plot_privacy_audit", "privacy_audit_figure"]
 
-METRIC_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
-PRIVACY_COLUMNS = ("dataset", "model", "privacy", "epsilon_target", "seed", "guarantee")
 LEVELS = ("patient", "image")
-NON_PRIVATE = "none"
 FPR = 0.01  # the operating point of panels (b) and (c): metric suffix "fpr1pct"
-_KEY = ["dataset", "model", "privacy", "epsilon", "seed"]
+_KEY = list(RUN_KEYS)
 
 ATTACK_LABELS: dict[str, str] = {
     "mia_dcr": "distance-to-closest-record attack (GAN-Leaks, black box)",
@@ -125,7 +131,7 @@ def _claims(ledgers: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             dict(
                 dataset=rec["dataset"], model=rec["model"], privacy=rec["privacy"],
-                epsilon=float(rec["epsilon_target"]), seed=rec["seed"], guarantee=rec["guarantee"],
+                epsilon_target=float(rec[EPSILON_TARGET]), seed=rec["seed"], guarantee=rec["guarantee"],
                 eps_claim=math.nan if claim is None else claim[0],
                 delta_claim=math.nan if claim is None else claim[1],
             )
@@ -181,7 +187,7 @@ def plot_privacy_audit(
 ) -> None:
     """Draw the membership-inference audit of `dataset` and save it to every path in `paths`.
 
-    `metrics` is the long metric table (``dataset, model, privacy, epsilon, seed, metric, value``; ``epsilon``
+    `metrics` is the long metric table (``dataset, model, privacy, epsilon_target, seed, metric, value``; ``epsilon_target``
     is the target ε, ``inf`` for ``privacy == "none"``), `privacy` the ledger table (one row per run:
     ``dataset, model, privacy, epsilon_target, seed, guarantee`` and the per-patient ``epsilon_per_patient`` /
     ``delta_per_patient``). Runs are joined on (dataset, model, privacy, target ε, seed).
@@ -212,7 +218,7 @@ def plot_privacy_audit(
         raise ValueError(f"no privacy (ledger) rows for dataset {dataset!r}; datasets present: {present}")
 
     df = metrics.loc[metrics["dataset"] == dataset, list(METRIC_COLUMNS)].copy()
-    df["epsilon"] = pd.to_numeric(df["epsilon"], errors="coerce").astype(float)
+    df[EPSILON_TARGET] = pd.to_numeric(df[EPSILON_TARGET], errors="coerce").astype(float)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
     attacks = [a for a in attacks if (df["metric"] == QUANTITIES["auc"][0].format(prefix=a, level=level)).any()]
     if not attacks:
@@ -226,7 +232,7 @@ def plot_privacy_audit(
     df = df[df["metric"].isin(wanted)]
     bad = ~np.isfinite(df["value"].to_numpy())
     if bad.any():
-        desc = df.loc[bad, ["model", "privacy", "epsilon", "seed", "metric", "value"]].to_dict("records")
+        desc = df.loc[bad, ["model", "privacy", EPSILON_TARGET, "seed", "metric", "value"]].to_dict("records")
         warnings.warn(f"{dataset}: dropping {int(bad.sum())} non-finite attack values (cannot be plotted): {desc}")
         df = df[~bad]
 
@@ -241,7 +247,7 @@ def plot_privacy_audit(
     notes: list[str] = []
     no_ledger = left_out[left_out["guarantee"].isna()]
     if not no_ledger.empty:
-        runs = no_ledger[["model", "privacy", "epsilon", "seed"]].drop_duplicates().to_dict("records")
+        runs = no_ledger[["model", "privacy", EPSILON_TARGET, "seed"]].drop_duplicates().to_dict("records")
         warnings.warn(f"{dataset}: {len(runs)} private runs have attack rows but no ledger row; left out: {runs}")
         names = ", ".join(privacy_label(p) for p in sorted(set(no_ledger["privacy"]), key=privacy_sort_key))
         notes.append(f"Left out, no ledger row: {names}.")
@@ -266,10 +272,10 @@ def plot_privacy_audit(
         if off.any():
             warnings.warn(
                 f"{dataset}: {int(off.sum())} bound rows disagree with dp_tpr_bound at the ledger's per-patient "
-                f"(ε, δ): {bound_rows.loc[off, ['model', 'privacy', 'epsilon', 'seed', 'metric']].to_dict('records')}"
+                f"(ε, δ): {bound_rows.loc[off, ['model', 'privacy', EPSILON_TARGET, 'seed', 'metric']].to_dict('records')}"
             )
     covered = {(bound_names[m], mo, p, e, s) for m, mo, p, e, s in
-               bound_rows[["metric", "model", "privacy", "epsilon", "seed"]].itertuples(index=False)}
+               bound_rows[["metric", "model", "privacy", EPSILON_TARGET, "seed"]].itertuples(index=False)}
 
     noise_of = _noise_of(ledgers)
     formal = claims[(claims["guarantee"] == "formal") & np.isfinite(claims["eps_claim"].to_numpy(float))]
@@ -291,7 +297,7 @@ def plot_privacy_audit(
     ref_models = sorted(set(ref["model"]))
     ref_dashes = {m: reference_dashes(i) for i, m in enumerate(ref_models)}
     none_color = privacy_color(NON_PRIVATE)
-    n_seeds = int(placed.groupby(["model", "privacy", "epsilon"])["seed"].nunique().max()) if len(placed) else 0
+    n_seeds = int(placed.groupby(["model", "privacy", EPSILON_TARGET])["seed"].nunique().max()) if len(placed) else 0
 
     # the note under the legend, in its own strip of the figure
     n_text = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
@@ -374,7 +380,7 @@ def plot_privacy_audit(
                 color, marker = privacy_color(priv), model_marker(model)
                 trans = _dodge_transform(ax, fig, dodge[(model, priv)])
                 pts = []
-                for target, seeds in runs.groupby("epsilon"):
+                for target, seeds in runs.groupby(EPSILON_TARGET):
                     vals = seeds["value"].to_numpy()
                     lo, hi = mean_ci95(vals)
                     is_cov = all((prefix, model, priv, target, s) in covered for s in seeds["seed"])
@@ -484,5 +490,9 @@ def privacy_audit_figure(
     level: str = "patient",
 ) -> None:
     """The privacy audit figure of `dataset` from the study's metrics.parquet and privacy.parquet."""
-    plot_privacy_audit(pd.read_parquet(metrics_parquet), pd.read_parquet(privacy_parquet), dataset, list(paths),
-                       attacks=attacks, level=level)
+    privacy = pd.read_parquet(privacy_parquet)
+    title = f"{dataset}: membership-inference audit against the DP claim ({level} level)"
+    if deterministic_formal_runs(privacy[privacy["dataset"] == dataset]):
+        title += f"\n{NOT_A_DP_RELEASE_SHORT}"
+    plot_privacy_audit(pd.read_parquet(metrics_parquet), privacy, dataset, list(paths),
+                       attacks=attacks, level=level, title=title)

@@ -13,7 +13,7 @@ from matplotlib import transforms
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-from ..runs import REAL_DATA
+from ..results import EPSILON_TARGET, METRIC_COLUMNS, NON_PRIVATE, REAL_DATA
 from .style import (
     model_label,
     mean_ci95,
@@ -27,8 +27,7 @@ from .style import (
     save_figure,
 )
 
-REQUIRED_COLUMNS = ("dataset", "model", "privacy", "epsilon", "seed", "metric", "value")
-NON_PRIVATE = "none"
+REQUIRED_COLUMNS = METRIC_COLUMNS
 
 
 def _metric_order(names: Sequence[str], metric_info: Mapping[str, Any]) -> list[str]:
@@ -75,7 +74,7 @@ def plot_privacy_utility(
     Style: colour = privacy technique, line style = noise type (solid Gaussian, dashed Laplace), marker =
     model; the same mapping as every other figure (``plots.style``).
 
-    ``metrics`` is the long table ``dataset, model, privacy, epsilon, seed, metric, value`` (``epsilon`` is
+    ``metrics`` is the long table ``dataset, model, privacy, epsilon_target, seed, metric, value`` (``epsilon_target`` is
     ``inf`` for ``privacy == "none"``). One panel per metric (``*_std`` helper metrics are skipped); x = ε on a
     log axis (finite ε only); one line per (model, privacy technique) with the mean over seeds and a band of
     its 95 % Student-t interval over seeds (none for one seed); each model's non-private mean is a
@@ -96,19 +95,19 @@ def plot_privacy_utility(
     df = df[~df["metric"].astype(str).str.endswith("_std")]
     if df.empty:
         raise ValueError(f"dataset {dataset!r} has only '*_std' helper metrics; nothing to plot")
-    df["epsilon"] = pd.to_numeric(df["epsilon"], errors="coerce").astype(float)
+    df[EPSILON_TARGET] = pd.to_numeric(df[EPSILON_TARGET], errors="coerce").astype(float)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
 
     bad = ~np.isfinite(df["value"].to_numpy())
     if bad.any():
-        desc = df.loc[bad, ["model", "privacy", "epsilon", "seed", "metric", "value"]].to_dict("records")
+        desc = df.loc[bad, ["model", "privacy", EPSILON_TARGET, "seed", "metric", "value"]].to_dict("records")
         warnings.warn(f"{dataset}: dropping {int(bad.sum())} non-finite metric values (cannot be plotted): {desc}")
     df = df[~bad]
 
     is_ref = df["privacy"] == NON_PRIVATE
     ref = df[is_ref]
     priv = df[~is_ref]
-    bad_eps = ~(np.isfinite(priv["epsilon"].to_numpy()) & (priv["epsilon"].to_numpy() > 0))
+    bad_eps = ~(np.isfinite(priv[EPSILON_TARGET].to_numpy()) & (priv[EPSILON_TARGET].to_numpy() > 0))
     if bad_eps.any():
         warnings.warn(f"{dataset}: dropping {int(bad_eps.sum())} private rows without a finite ε > 0")
     priv = priv[~bad_eps]
@@ -119,7 +118,7 @@ def plot_privacy_utility(
     models = sorted(df["model"].unique(), key=str)
     privacies = sorted(priv["privacy"].unique(), key=privacy_sort_key)
     ref_models = sorted((m for m in models if m in set(ref["model"])), key=lambda m: (m == REAL_DATA, m))  # reference last
-    eps_values = sorted(priv["epsilon"].unique())
+    eps_values = sorted(priv[EPSILON_TARGET].unique())
 
     n = len(metric_names)
     ncols = 1 if n == 1 else (2 if n <= 4 else 3)
@@ -134,7 +133,7 @@ def plot_privacy_utility(
         sub = priv[priv["metric"] == metric]
         # one line per (model, technique): mean over seeds at each ε, band = 95 % t-interval over seeds
         for (model, privacy), line in sub.groupby(["model", "privacy"], sort=False):
-            per_eps = line.groupby("epsilon")["value"]
+            per_eps = line.groupby(EPSILON_TARGET)["value"]
             eps = np.array(sorted(per_eps.groups))
             mean = np.array([per_eps.get_group(e).mean() for e in eps])
             ci = np.array([mean_ci95(per_eps.get_group(e).to_numpy()) for e in eps])

@@ -13,7 +13,8 @@ from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.plots.privacy_utility import plot_privacy_utility
 from dpmedgen.plots.samples import plot_sample_grid
 from dpmedgen.plots.style import model_label, privacy_label, privacy_sort_key
-from dpmedgen.runs import REAL_DATA, RunSpec
+from dpmedgen.results import NOT_A_DP_RELEASE_SHORT, REAL_DATA, deterministic_formal_runs
+from dpmedgen.runs import RunSpec
 
 
 def run_label(run: RunSpec) -> str:
@@ -39,8 +40,9 @@ def privacy_utility_figure(
     ledgers = ledgers[(ledgers["dataset"] == dataset) & (ledgers["privacy"] != "none")]
     formal = ledgers[ledgers["guarantee"] == "formal"]
     units = sorted(set(formal["unit"]))
+    replace_one = "adjacency" in formal.columns and formal["adjacency"].astype(str).str.startswith("replace_one").all()
     if len(units) == 1:
-        xlabel = f"target ε per {units[0]} (log scale)"
+        xlabel = f"target ε per {units[0]}{', replace-one' if replace_one and len(formal) else ''} (log scale)"
     else:
         xlabel = "target ε (log scale; units differ, see privacy.parquet)" if units else "noise calibration ε (log scale)"
     if model is not None:
@@ -65,6 +67,8 @@ def privacy_utility_figure(
                              f"is in {metrics_parquet}")
         metrics = chosen
     title = dataset if model is None else f"{dataset} · {model_label(model)}"
+    if deterministic_formal_runs(ledgers):
+        title += f"\n{NOT_A_DP_RELEASE_SHORT}"
     plot_privacy_utility(metrics, dataset, list(paths), xlabel=xlabel, no_guarantee=no_guarantee,
                          noise_of=noise_of, title=title)
 

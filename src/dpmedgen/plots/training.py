@@ -3,7 +3,7 @@
 ``plot_training_curves`` draws one run's ``train_log.csv`` (one row per epoch, written by
 ``dpmedgen.train.engine``): a panel per ``loss_*`` column against the training step (the per-epoch mean thin
 and light, an exponential moving average on top; one line per class generator when the log has a ``class``
-column) and a panel of the privacy budget spent so far (the ``epsilon`` column) with the ledger's target and
+column) and a panel of the privacy budget spent so far (the ``epsilon_spent`` column) with the ledger's target and
 final ε. ``plot_cost`` draws the job-cost metrics of the study table (``cost_*``) as grouped bars per model
 and privacy mode. ``training_curves_figure`` and ``cost_figure`` read the files the pipeline writes.
 
@@ -25,6 +25,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..results import EPSILON_SPENT
 from .style import (
     MODEL_MARKERS,
     mean_ci95,
@@ -220,9 +221,9 @@ def plot_training_curves(
     line per class ("class 0", "class 1", ...). A log spanning more than two decades of positive loss is
     drawn on a log axis (said in the axis label).
 
-    The last panel is "ε spent": the finite values of the ``epsilon`` column (empty cells, which the engine
+    The last panel is "ε spent": the finite values of the ``epsilon_spent`` column (empty cells, which the engine
     leaves between accountant calls, are skipped), the ledger's ``epsilon_target`` as a dashed line and its
-    final ``epsilon`` as a star at the last step; the axis names the ledger's unit and δ. A run without a
+    final ``epsilon_spent`` as a star at the last step; the axis names the ledger's unit and δ. A run without a
     finite ε in the log, or whose ledger states ``guarantee: none``, gets a panel saying "no privacy
     accounting" instead of an empty or infinite plot.
 
@@ -239,7 +240,8 @@ def plot_training_curves(
         raise ValueError(f"{source}: training log has no '{LOSS_PREFIX}*' column; columns: {list(map(str, df.columns))}")
     for c in loss_cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    eps_col = pd.to_numeric(df["epsilon"], errors="coerce") if "epsilon" in df.columns else pd.Series(np.nan, index=df.index)
+    eps_col = (pd.to_numeric(df[EPSILON_SPENT], errors="coerce") if EPSILON_SPENT in df.columns
+               else pd.Series(np.nan, index=df.index))
     df["_eps"] = eps_col.astype(float)
     groups = _class_groups(df, str(ledger["privacy"]) if ledger and "privacy" in ledger else None)
     has_class = "class" in df.columns
@@ -355,7 +357,7 @@ def _plot_epsilon(ax, groups, ledger: Mapping[str, Any] | None, xlabel: str) -> 
                 fontsize=7.5, color="#444444", gid="eps_constant")
     ylabel = "ε spent"
     if ledger:
-        target, final = _float(ledger.get("epsilon_target")), _float(ledger.get("epsilon"))
+        target, final = _float(ledger.get("epsilon_target")), _float(ledger.get("epsilon_spent"))
         if math.isfinite(target):
             ax.axhline(target, color=TARGET_COLOR, lw=1.1, dashes=TARGET_DASHES, zorder=1.5, gid="eps_target")
             handles.append(Line2D([], [], color=TARGET_COLOR, lw=1.1, dashes=TARGET_DASHES, label=f"target ε = {target:g}"))
@@ -445,7 +447,7 @@ def plot_cost(
     dashed elsewhere); bar = mean over seeds and ε of the job's value, error bar = its 95 % Student-t
     interval (``mean_ci95``; none for a single value). Units (s or min, MB or GB) are in the axis labels.
 
-    ``metrics`` is the long study table (``dataset, model, privacy, epsilon, seed, metric, value``).
+    ``metrics`` is the long study table (``dataset, model, privacy, epsilon_target, seed, metric, value``).
     Raises ValueError for missing columns, no rows for ``dataset`` or no cost metric at all.
     """
     missing = [c for c in COST_REQUIRED if c not in metrics.columns]

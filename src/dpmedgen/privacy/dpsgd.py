@@ -590,7 +590,7 @@ class DPSGD(PrivacyMode):
             "unit": self.unit,
             "adjacency": ADJACENCY,
             "adjacency_statement": adjacency_statement(self.unit),
-            "epsilon": epsilon,
+            "epsilon_spent": epsilon,
             "epsilon_target": self.target_epsilon,
             "delta": self.delta,
             "noise_multiplier": self.noise_multiplier,

@@ -397,7 +397,7 @@ class FunctionalMechanism(PrivacyMode):
             "adjacency": ADJACENCY,
             "adjacency_statement": adjacency_statement(self.unit) + (
                 f" (patients have at most k = {self._k} images)" if self.unit == "patient" else ""),
-            "epsilon": epsilon,
+            "epsilon_spent": epsilon,
             "epsilon_target": self.target_epsilon,
             "epsilon_per_image": self._eps_image,
             "epsilon_per_patient": self._eps_patient,

@@ -1,9 +1,11 @@
 """The privacy ledger (`privacy.json`) written next to every checkpoint.
 
 Required keys for every mode: mechanism, guarantee ("formal" or "none"), unit ("image" or "patient"),
-epsilon (a sound upper bound for `unit` at `delta`; Infinity when there is no guarantee), delta.
-DP-SGD adds noise_multiplier, sample_rate, steps, max_grad_norm and accountant, enough for an independent
-accountant to recompute epsilon. The run's identity (dataset, model, privacy, seed) is added by the trainer.
+adjacency (`ADJACENCY`), epsilon_spent (a sound upper bound for `unit` and `adjacency` at `delta`; Infinity
+when there is no guarantee), epsilon_target (what the run was configured for) and delta (the names of
+`dpmedgen.results`). DP-SGD adds noise_multiplier, sample_rate, steps, max_grad_norm and accountant, enough
+for an independent accountant to recompute epsilon_spent. The trainer adds the run's identity (dataset,
+model, privacy, seed), `randomness` and `dp_release` (`PrivacyMode.full_ledger`).
 A run of one generator per class has the ledger of `compose_parallel`: the per-class ledgers under
 `class_ledgers` and, at the top, their parallel composition.
 JSON has no infinity; like Python's json module we write the literal `Infinity`.
@@ -17,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-REQUIRED = ("mechanism", "guarantee", "unit", "epsilon", "delta")
+REQUIRED = ("mechanism", "guarantee", "unit", "adjacency", "epsilon_spent", "epsilon_target", "delta")
 
 #: The study's one neighbouring relation, stated in every ledger (`adjacency`): two training sets are
 #: neighbours when one unit (a patient with all of their images, or an image) is replaced by any other.
@@ -59,16 +61,16 @@ def validate_ledger(ledger: dict[str, Any], source: str = "ledger") -> None:
         raise LedgerError(f"{source}: guarantee must be 'formal' or 'none', got {ledger['guarantee']!r}")
     if ledger["unit"] not in ("image", "patient"):
         raise LedgerError(f"{source}: unit must be 'image' or 'patient', got {ledger['unit']!r}")
-    eps = float(ledger["epsilon"])
+    eps = float(ledger["epsilon_spent"])
     if ledger["guarantee"] == "formal" and not (math.isfinite(eps) and eps >= 0 and 0 <= ledger["delta"] < 1):
-        raise LedgerError(f"{source}: a formal guarantee needs finite epsilon >= 0 and 0 <= delta < 1")
+        raise LedgerError(f"{source}: a formal guarantee needs finite epsilon_spent >= 0 and 0 <= delta < 1")
     if ledger["guarantee"] == "none" and math.isfinite(eps):
-        raise LedgerError(f"{source}: no guarantee must be stated as epsilon = Infinity, got {eps}")
+        raise LedgerError(f"{source}: no guarantee must be stated as epsilon_spent = Infinity, got {eps}")
 
 
-#: Bounds a ledger may state per unit (`epsilon` / `delta` are those of its `unit`); a missing delta_per_* is
+#: Bounds a ledger may state per unit (`epsilon_spent` / `delta` are those of its `unit`); a missing delta_per_* is
 #: the ledger's `delta`.
-BOUND_KEYS = ("epsilon", "delta", "epsilon_per_image", "delta_per_image", "epsilon_per_patient", "delta_per_patient")
+BOUND_KEYS = ("epsilon_spent", "delta", "epsilon_per_image", "delta_per_image", "epsilon_per_patient", "delta_per_patient")
 
 
 def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
     for that unit. The run's `adjacency` is therefore `ADJACENCY_WITHIN_CLASS`: the class sizes are public.
     Each bound of `BOUND_KEYS` is composed that way (every class is (eps_c, delta_c)-DP, hence (max eps_c,
     max delta_c)-DP); a bound is kept only when every class states it. The other fields are those of the
-    class with the largest `epsilon` (for DP-SGD: its noise multiplier, sample rate and steps, from which an
+    class with the largest `epsilon_spent` (for DP-SGD: its noise multiplier, sample rate and steps, from which an
     accountant recomputes the top-level epsilon); every class's own ledger is kept under `class_ledgers`. If
     any class has no guarantee, neither has the run.
     """
@@ -92,7 +94,7 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
     units = {ledger["unit"] for ledger in ledgers.values()}
     if len(units) != 1:
         raise LedgerError(f"compose_parallel: classes state different units {sorted(units)}")
-    worst = max(ledgers, key=lambda c: float(ledgers[c]["epsilon"]))
+    worst = max(ledgers, key=lambda c: float(ledgers[c]["epsilon_spent"]))
     record = dict(ledgers[worst])
     for key in BOUND_KEYS:
         if all(key in lg for lg in ledgers.values()):
@@ -100,7 +102,7 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
         else:  # a bound some class does not state is not stated for the run either
             record.pop(key, None)
     if any(lg["guarantee"] == "none" for lg in ledgers.values()):
-        record["guarantee"], record["epsilon"] = "none", math.inf
+        record["guarantee"], record["epsilon_spent"] = "none", math.inf
     elif record.get("adjacency") == ADJACENCY:
         # Each class's mechanism protects a replacement within its own patients; a patient replaced by one of
         # another class would change two classes' inputs and sizes. The run's relation is therefore

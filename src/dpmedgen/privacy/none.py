@@ -18,7 +18,7 @@ class NonPrivate(PrivacyMode):
             "unit": "image",
             "adjacency": ADJACENCY,
             "adjacency_statement": "no guarantee for the training data under any relation",
-            "epsilon": float("inf"),
+            "epsilon_spent": float("inf"),
             "epsilon_target": float("inf"),
             "delta": 0.0,
         }

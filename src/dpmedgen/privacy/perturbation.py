@@ -126,7 +126,7 @@ class InputPerturbation(PrivacyMode):
             "unit": self.unit,
             "adjacency": ADJACENCY,
             "adjacency_statement": adjacency_statement(self.unit),
-            "epsilon": epsilon,
+            "epsilon_spent": epsilon,
             "epsilon_target": self.target_epsilon,
             "epsilon_per_image": per_image,
             "epsilon_per_patient": per_patient,
@@ -195,7 +195,7 @@ class OutputPerturbation(PrivacyMode):
             "unit": "image",
             "adjacency": ADJACENCY,
             "adjacency_statement": "no guarantee for the training data under any relation",
-            "epsilon": math.inf,
+            "epsilon_spent": math.inf,
             "epsilon_target": self.target_epsilon,
             "delta": 0.0,
             "protects": (

@@ -20,7 +20,7 @@ patients). Other networks' losses (`loss_<network>`) are post-processing: of rel
 GAN's generator), of a release (input perturbation, the functional mechanism), or of a run that claims
 no guarantee.
 
-The `epsilon` column is an upper bound on the privacy mode's epsilon spent so far (`epsilon_for_log`:
+The `epsilon_spent` column is an upper bound on the privacy mode's epsilon spent so far (`epsilon_for_log`:
 DP-SGD reports the PRV bound at the next of a few step counts fixed in advance, exact after the last step);
 it is filled every max(1, epochs // 50) epochs and after the last one (blank in between).
 
@@ -384,12 +384,12 @@ def train_model(
                 # real examples read per step (0 once the functional mechanism has released its statistics)
                 row["real_batch"] = n_real / steps_this_epoch
             # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
-            row["epsilon"] = privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan")
+            row["epsilon_spent"] = privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan")
             row["seconds_per_step"] = seconds / steps_this_epoch
             rows.append(row)
             write_rows([row])
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in row.items() if k.startswith("loss_")}
-                            | ({"eps": f"{row['epsilon']:.2f}"} if math.isfinite(row["epsilon"]) else {}))
+                            | ({"eps": f"{row['epsilon_spent']:.2f}"} if math.isfinite(row["epsilon_spent"]) else {}))
             if on_grid is not None and ((cfg.grid_every and epoch % cfg.grid_every == 0) or last):
                 on_grid(epoch, model)
             if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or last:

@@ -171,7 +171,7 @@ def train_run(
         log.info("%s: the dataset has no class labels; train.class_generators is ignored (one generator)", run.name)
     if not (cfg.class_generators and model.kind != "fusion" and not unlabelled):
         rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
-        # The run's identity goes beside the ledger; its `epsilon` is the *spent* bound, never the target.
+        # The run's identity goes beside the ledger (its `epsilon_spent` is the bound, `epsilon_target` the target).
         record = privacy.full_ledger() | identity | sizes
         state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
         resumes = [resume]
