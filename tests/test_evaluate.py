@@ -63,9 +63,11 @@ def test_private_gan_gets_every_applicable_family_with_bounds(study, tmp_path, c
     assert 0 <= metric["downstream_auroc"] <= 1 and 1 <= metric["downstream_epoch"] <= 30
     assert dict(zip(rows.metric, rows.reference))["downstream_auroc"].endswith("tested on the test split")
     assert metric["canary_train_share"] == pytest.approx(3 / 18) and metric["canary_rate_real"] == 0
-    # members = the 6 training patients, non-members = the val + test patients (6), split by patient
-    assert metric["mia_n_members_patient"] == 6 and metric["mia_n_nonmembers_patient"] == 6
-    assert metric["mia_n_members_image"] == 18 and metric["mia_n_nonmembers_image"] == 18
+    # members = the 5 training patients without the canary marker (the canary patient is audited by the canary
+    # family: its marked images would separate it from every non-member by the marker alone), non-members =
+    # the val + test patients (6), split by patient
+    assert metric["mia_n_members_patient"] == 5 and metric["mia_n_nonmembers_patient"] == 6
+    assert metric["mia_n_members_image"] == 15 and metric["mia_n_nonmembers_image"] == 18
     # DP-SGD protects the discriminator, so both attacks get the bound of the per-patient guarantee
     for attack in ("mia_dcr", "mia_discriminator"):
         assert 0 <= metric[f"{attack}_auc_patient"] <= 1

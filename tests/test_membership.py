@@ -25,6 +25,7 @@ from dpmedgen.metrics.membership import (
     operating_point,
     patient_privacy,
     patient_scores,
+    two_sided_eps_lower,
     roc_summary,
     tpr_at_fpr,
 )
@@ -154,6 +155,20 @@ def test_eps_lower_bound_clopper_pearson_hand_computed():
     assert eps_lower_bound(3, 44, 1, 20, delta=1e-5) == 0.0
     with pytest.raises(ValueError):
         eps_lower_bound(5, 4, 0, 20, delta=0.0)
+
+
+def test_two_sided_eps_lower_counts_an_inverted_attack_at_bonferroni_confidence():
+    """Members all scored below every non-member: the one-sided bound sees nothing, the two-sided one certifies
+    what the flipped attack shows, each direction at 97.5 % (one-sided limits at 98.75 %), never more than the
+    one-sided bound of the same counts at 95 %."""
+    members, nonmembers = np.zeros(44), np.ones(20)
+    assert eps_lower_bound(0, 44, 0, 20, delta=0.0) == 0.0
+    flipped = two_sided_eps_lower(members, nonmembers, 0.01, delta=0.0)
+    expected = math.log(0.0125 ** (1 / 44) / (1 - 0.0125 ** (1 / 20)))
+    assert flipped == pytest.approx(expected, rel=1e-6) and 0 < flipped < eps_lower_bound(44, 44, 0, 20, delta=0.0)
+    assert two_sided_eps_lower(nonmembers[:20], members[:20], 0.01, delta=0.0) == pytest.approx(
+        math.log(0.0125 ** (1 / 20) / (1 - 0.0125 ** (1 / 20))), rel=1e-6)  # the direct attack, same confidence
+    assert two_sided_eps_lower(np.arange(44) % 2, np.arange(20) % 2, 0.01, delta=1e-5) == 0.0  # no signal
 
 
 def test_patient_privacy_and_coverage_from_ledgers():

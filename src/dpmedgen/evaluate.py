@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from dpmedgen.data.canary import canary_patients, plant
+from dpmedgen.data.canary import canary_patients
 from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
@@ -94,8 +94,8 @@ def evaluate_run(
     - Fidelity and image quality compare the samples with the real `modality` images of `split` (held-out
       patients). A fusion run's fused images are compared with the real `modality` images there, and with
       their own source pairs (`sources`) by the fusion and source-quality families.
-    - Membership inference: members are the training patients' `modality` images, non-members the patients
-      of `nonmember_splits`. The white-box attack uses the run's discriminator in `checkpoint` (a fusion
+    - Membership inference: members are the training patients' `modality` images (but the canary patients',
+      which the canary family audits), non-members the patients of `nonmember_splits`. The white-box attack uses the run's discriminator in `checkpoint` (a fusion
       model's discriminator of `modality`); the black-box distance attack needs unconditional samples and is
       skipped for fusion runs. Bounds come from the run's `ledger`.
     - Downstream utility: a classifier trained on the labelled samples (one generator per class), its epoch
@@ -132,12 +132,12 @@ def evaluate_run(
     everyone = read_image_set(images_h5, modalities=[modality])
     members = select_split(everyone, splits, "train")
     held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
-    member_pixels = members.modalities[modality]
     carriers = pd.Series(members.patient_id.astype(str)).isin(canary_patients(splits)).to_numpy()
-    if carriers.any():  # the members as trained on, marker included (see train.run.load_split_images)
-        member_pixels = plant(member_pixels, carriers)
+    if carriers.any():
         inputs["canary"] = float(carriers.mean())
-    inputs["members"] = PatientImages(member_pixels, members.patient_id)
+    # The canary patients are audited by the canary family; as members their marked images would separate
+    # them from every non-member by the marker alone, so the attacks compare unmarked patients only.
+    inputs["members"] = PatientImages(members.modalities[modality][~carriers], members.patient_id[~carriers])
     inputs["nonmembers"] = PatientImages(
         np.concatenate([h.modalities[modality] for h in held_out]),
         np.concatenate([h.patient_id for h in held_out]),

@@ -15,8 +15,10 @@ Members are the training patients' images, non-members the images of held-out pa
 
 Levels. ``image``: each image is a candidate. ``patient``: a patient's score is the mean of its images'
 scores and each patient is a candidate. The patient is the unit the DP modes here protect by default
-(adjacency "add or remove one patient with all of their images"), and the data split assigns whole patients
-to members or non-members, so the patient level is the experiment that matches the guarantee.
+(adjacency "replace one patient with all of their images"), and the data split assigns whole patients to
+members or non-members, so the patient level is the experiment that matches the guarantee. The canary
+patients are not members here (`dpmedgen.evaluate`): their marked images would be told apart from every
+non-member by the marker alone; the canary family audits them.
 
 ROC summary (:func:`roc_summary`): AUC (0.5 = no leakage, 1 = every member ranked above every non-member)
 and TPR at FPR 1 % and 0.1 % (Carlini et al., "Membership Inference Attacks From First Principles",
@@ -36,8 +38,10 @@ eps_lower: the epsilon an attack's operating point (the one of TPR@FPR) certifie
 intervals on its counts as in DP auditing (Jagielski, Ullman & Oprea, NeurIPS 2020):
 max(0, log((TPR_lo - delta) / FPR_hi)) (:func:`eps_lower_bound`). It is used instead of the point estimate
 log((TPR - delta) / FPR_target), which is not sound when the target FPR is below the resolution of the
-non-member set (it gave eps ~ 4 for a DP-SGD eps = 1 run with 20 held-out patients). Caveat: the threshold
-is chosen on the same scores, so the 95 % is nominal. A value above the ledger's epsilon would signal a
+non-member set (it gave eps ~ 4 for a DP-SGD eps = 1 run with 20 held-out patients). It is two-sided
+(:func:`two_sided_eps_lower`): the attack and its flipped scores, each at 97.5 %, the larger reported, since
+an attack that ranks members below non-members (AUC < 0.5) is as informative. Caveat: the threshold is chosen
+on the same scores, so the 95 % is nominal. A value above the ledger's epsilon would signal a
 broken guarantee (or an accounting bug); with tens of patients it stays small unless the leakage is gross.
 
 Which (eps, delta). Members and non-members are *different patients* (the split is by patient), so even the
@@ -99,6 +103,7 @@ __all__ = [
     "roc_summary",
     "dp_tpr_bound",
     "eps_lower_bound",
+    "two_sided_eps_lower",
     "patient_privacy",
     "discriminator_covered",
     "memorization_rate",
@@ -354,11 +359,23 @@ def _attack_rows(
             for key, fpr in FPR_TARGETS.items():
                 out[f"{prefix}_bound_tpr_at_{key}_{level}"] = dp_tpr_bound(fpr, eps, delta)
             for key, fpr in FPR_TARGETS.items():
-                tpr, fpr_achieved = operating_point(m, n, fpr)
-                out[f"{prefix}_eps_lower_at_{key}_{level}"] = eps_lower_bound(
-                    round(tpr * len(m)), len(m), round(fpr_achieved * len(n)), len(n), delta
-                )
+                out[f"{prefix}_eps_lower_at_{key}_{level}"] = two_sided_eps_lower(m, n, fpr, delta)
     return out
+
+
+def two_sided_eps_lower(member_scores, nonmember_scores, fpr: float, delta: float, confidence: float = 0.95) -> float:
+    """`eps_lower_bound` at the operating point of `fpr`, for the attack and for its flipped scores (an attack
+    that ranks members *below* non-members is as informative, and DP bounds both tests), each at confidence
+    1 - (1 - `confidence`) / 2 so that the larger of the two holds at `confidence` (Bonferroni): no direction
+    is chosen by looking at the scores."""
+    m = np.asarray(member_scores, dtype=np.float64)
+    n = np.asarray(nonmember_scores, dtype=np.float64)
+    each = 1.0 - (1.0 - confidence) / 2.0
+    bounds = []
+    for sign in (1.0, -1.0):
+        tpr, fpr_achieved = operating_point(sign * m, sign * n, fpr)
+        bounds.append(eps_lower_bound(round(tpr * len(m)), len(m), round(fpr_achieved * len(n)), len(n), delta, each))
+    return max(bounds)
 
 
 @not_with(
