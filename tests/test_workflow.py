@@ -101,6 +101,11 @@ def test_ci_study_end_to_end(ci_study):
     for name in expected:
         assert (figures / f"{name}.png").stat().st_size > 10_000, name
         assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    for log in results.glob("brain_phantom/runs/*/dpsgd/*/*/train_log.csv"):  # released: no real-data statistic
+        columns = set(pd.read_csv(log).columns)
+        protected = json.loads((log.parent / "privacy.json").read_text())["protected_networks"]
+        assert "real_batch" not in columns and not {f"loss_{n}" for n in protected} & columns, log
+    assert not list(results.glob("**/resume*.pt"))  # the private random roots are gone with the resume files
     curves = sorted(results.glob("brain_phantom/runs/*/*/*/*/training_curves.png"))
     assert len(curves) == n_runs and all(c.stat().st_size > 10_000 for c in curves)
     tables = results / "tables"
