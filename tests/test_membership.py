@@ -399,7 +399,9 @@ def test_discriminator_scorer_none_without_gan_discriminator():
 
 def test_discriminator_family_with_real_scorer(population):
     members, nonmembers = population
-    big = lambda p: PatientImages(np.kron(p.images, np.ones((1, 2, 2), np.float32)), p.patient_id)  # 32x32
+    def big(p):  # 32x32
+        return PatientImages(np.kron(p.images, np.ones((1, 2, 2), np.float32)), p.patient_id)
+
     m, n = big(members), big(nonmembers)
     torch.manual_seed(0)
     model = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=8)

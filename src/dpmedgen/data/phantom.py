@@ -189,7 +189,7 @@ def _rotation(angles_deg) -> np.ndarray:
 
 def _smooth_field(rng, lo, hi, spacing_mm, smooth, n_channels):
     """Smooth random field on a coarse control grid covering [lo, hi] (voxels = mm)."""
-    shape = tuple(int(math.ceil((h - l) / spacing_mm)) + 3 for l, h in zip(lo, hi))
+    shape = tuple(int(math.ceil((high - low) / spacing_mm)) + 3 for low, high in zip(lo, hi))
     noise = rng.standard_normal((n_channels, *shape)).astype(np.float32)
     for c in range(n_channels):
         noise[c] = ndimage.gaussian_filter(noise[c], smooth, mode="nearest")
