@@ -1,6 +1,7 @@
 # dpmedgen: privacy versus utility of generative models for medical images.
 # Stages live in rules/ (one file each); the library in src/dpmedgen does the work.
 
+
 configfile: "config.yaml"
 
 

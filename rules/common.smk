@@ -14,13 +14,20 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 from dpmedgen.config import (
-    check_config, coerce_command_line_values, dataset_source, missing_modalities, model_params, privacy_params, resources,
-    runs, skipped_pairs, train_settings,
+    check_config,
+    coerce_command_line_values,
+    dataset_source,
+    missing_modalities,
+    model_params,
+    privacy_params,
+    resources,
+    runs,
+    skipped_pairs,
+    train_settings,
 )
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
-
 
 # A local run (no --jobs, i.e. no cluster executor) never runs more threads at once than this machine has
 # cores: `--cores 8` on a 2-core laptop would otherwise start 8 jobs. Each job uses exactly its `threads`
@@ -28,7 +35,9 @@ from dpmedgen.runs import format_epsilon
 _MACHINE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _asked_cores = workflow.global_resources["_cores"].value
 if workflow.global_resources["_nodes"].value is None and _asked_cores is not None and _asked_cores > _MACHINE_CORES:
-    logger.info(f"dpmedgen: --cores {_asked_cores} on a machine with {_MACHINE_CORES} cores: running at most {_MACHINE_CORES} at once")
+    logger.info(
+        f"dpmedgen: --cores {_asked_cores} on a machine with {_MACHINE_CORES} cores: running at most {_MACHINE_CORES} at once"
+    )
     workflow.global_resources["_cores"] = _MACHINE_CORES
 
 coerce_command_line_values(config)  # `--config seeds=[0,1]` arrives as strings
@@ -36,9 +45,13 @@ validate(config, "../schemas/config.schema.yaml")
 check_config(config)
 
 for _model, _mode in skipped_pairs(config):
-    logger.info(f"dpmedgen: privacy mode {_mode!r} does not apply to model {_model!r}; those runs are left out of the grid")
+    logger.info(
+        f"dpmedgen: privacy mode {_mode!r} does not apply to model {_model!r}; those runs are left out of the grid"
+    )
 for (_dataset, _model), _lacking in missing_modalities(config).items():
-    logger.info(f"dpmedgen: dataset {_dataset!r} has no modality {_lacking} that model {_model!r} needs; those runs are left out of the grid")
+    logger.info(
+        f"dpmedgen: dataset {_dataset!r} has no modality {_lacking} that model {_model!r} needs; those runs are left out of the grid"
+    )
 
 RESULTS = config.get("results_dir", "results")
 RESOURCES = config.get("resources_dir", "resources")
@@ -83,7 +96,9 @@ def seed_runs(seed):
 def per_run(template, runs=RUNS):
     """`template` (with run wildcards) filled in for each run."""
     return [
-        template.format(dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed)
+        template.format(
+            dataset=r.dataset, model=r.model, privacy=r.privacy, epsilon=format_epsilon(r.epsilon), seed=r.seed
+        )
         for r in runs
     ]
 
@@ -129,8 +144,10 @@ def model_kind(model):
 def comparison_runs(wildcards):
     """Samples of the first seed of every run of one (dataset, model): the rows of its comparison grid."""
     first_seed = min(r.seed for r in RUNS)
-    return run_paths("samples.h5", [r for r in RUNS if r.dataset == wildcards.dataset and r.model == wildcards.model
-                                    and r.seed == first_seed])
+    return run_paths(
+        "samples.h5",
+        [r for r in RUNS if r.dataset == wildcards.dataset and r.model == wildcards.model and r.seed == first_seed],
+    )
 
 
 def dataset_models(dataset):
@@ -144,7 +161,10 @@ def fusion_models(dataset):
 
 def fusion_modalities(dataset):
     """The (structural, functional) modalities of the dataset's fusion models (all must agree)."""
-    pairs = {tuple(model_params(config, m).get("modalities", MODELS.get(m).default_modalities)) for m in fusion_models(dataset)}
+    pairs = {
+        tuple(model_params(config, m).get("modalities", MODELS.get(m).default_modalities))
+        for m in fusion_models(dataset)
+    }
     if len(pairs) != 1:
         raise ValueError(f"config key models: fusion models fuse different modalities {sorted(pairs)}; use one pair")
     return list(pairs.pop())
@@ -166,8 +186,12 @@ def paper_targets():
     """The paper's figures (PDF) and tables (LaTeX): exactly what `snakemake paper` builds."""
     targets = []
     for d in config["datasets"]:
-        targets += [f"{FIGURES}/{d}/privacy_utility.pdf", f"{FIGURES}/{d}/cost.pdf",
-                    f"{TABLES}/main_{d}.tex", f"{TABLES}/privacy_{d}.tex"]
+        targets += [
+            f"{FIGURES}/{d}/privacy_utility.pdf",
+            f"{FIGURES}/{d}/cost.pdf",
+            f"{TABLES}/main_{d}.tex",
+            f"{TABLES}/privacy_{d}.tex",
+        ]
         targets += [f"{FIGURES}/{d}/privacy_utility_{m}.pdf" for m in dataset_models(d)]
         targets += [f"{FIGURES}/{d}/comparison_{m}.pdf" for m in dataset_models(d)]
         if has_audit():

@@ -3,6 +3,7 @@
 # The embedded brain_phantom is built offline from nilearn's MNI152 templates. Downloads need the
 # internet, which cluster compute nodes often lack, so this rule runs on the submitting machine.
 
+
 localrules:
     download,
 
@@ -10,11 +11,6 @@ localrules:
 rule download:
     output:
         f"{RESOURCES}/{{dataset}}/raw.h5",
-    params:
-        source=lambda w: dataset_source(config, w.dataset),
-        dataset_params=lambda w: config["datasets"][w.dataset].get("params", {}),
-        downloads=lambda w: config["datasets"][w.dataset].get("downloads", {}),
-        download_dir=lambda w: f"{RESOURCES}/downloads/{dataset_source(config, w.dataset)}",
     log:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
@@ -25,5 +21,10 @@ rule download:
     resources:
         mem_mb=resources(config, "download")["mem_mb"],
         runtime=resources(config, "download")["runtime"],
+    params:
+        source=lambda w: dataset_source(config, w.dataset),
+        dataset_params=lambda w: config["datasets"][w.dataset].get("params", {}),
+        downloads=lambda w: config["datasets"][w.dataset].get("downloads", {}),
+        download_dir=lambda w: f"{RESOURCES}/downloads/{dataset_source(config, w.dataset)}",
     script:
         "../workflow_scripts/download.py"

@@ -8,21 +8,21 @@ rule real_features:
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
     output:
         f"{RESULTS}/{{dataset}}/real_features.pt",
-    params:
-        modality=lambda w: config["datasets"][w.dataset]["modality"],
-        split=config["evaluate"].get("split", "test"),
-        batch_size=config["evaluate"].get("batch_size", 64),
     log:
         f"{LOGS}/real_features/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/real_features/{{dataset}}.tsv"
+    priority: SHARED_PRIORITY  # every evaluation needs it (common.smk)
     conda:
         ENV
-    priority: SHARED_PRIORITY  # every evaluation needs it (common.smk)
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
         runtime=resources(config, "evaluate")["runtime"],
+    params:
+        modality=lambda w: config["datasets"][w.dataset]["modality"],
+        split=config["evaluate"].get("split", "test"),
+        batch_size=config["evaluate"].get("batch_size", 64),
     script:
         "../workflow_scripts/real_features.py"
 
@@ -33,21 +33,21 @@ rule downstream_reference:
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
     output:
         f"{RESULTS}/{{dataset}}/downstream_reference/seed{{seed}}.parquet",
-    params:
-        modality=lambda w: config["datasets"][w.dataset]["modality"],
-        split=config["evaluate"].get("split", "test"),
-        epochs=config["evaluate"].get("downstream_epochs", 30),
     log:
         f"{LOGS}/downstream_reference/{{dataset}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/downstream_reference/{{dataset}}/seed{{seed}}.tsv"
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     conda:
         ENV
-    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     threads: resources(config, "evaluate")["threads"]
     resources:
         mem_mb=resources(config, "evaluate")["mem_mb"],
         runtime=resources(config, "evaluate")["runtime"],
+    params:
+        modality=lambda w: config["datasets"][w.dataset]["modality"],
+        split=config["evaluate"].get("split", "test"),
+        epochs=config["evaluate"].get("downstream_epochs", 30),
     script:
         "../workflow_scripts/downstream_reference.py"
 
@@ -62,6 +62,17 @@ rule evaluate:
         real_features=f"{RESULTS}/{{dataset}}/real_features.pt",
     output:
         f"{RUN_DIR}/metrics.parquet",
+    log:
+        f"{LOGS}/evaluate/{RUN_ID}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{RUN_ID}.tsv"
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
+    conda:
+        ENV
+    threads: resources(config, "evaluate")["threads"]
+    resources:
+        mem_mb=resources(config, "evaluate")["mem_mb"],
+        runtime=resources(config, "evaluate")["runtime"],
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         metrics=config["evaluate"]["metrics"],
@@ -70,17 +81,6 @@ rule evaluate:
         nonmember_splits=config["evaluate"].get("nonmember_splits", ["val", "test"]),
         inception_weights=config["evaluate"].get("inception_weights"),
         downstream_epochs=config["evaluate"].get("downstream_epochs", 30),
-    log:
-        f"{LOGS}/evaluate/{RUN_ID}.log",
-    benchmark:
-        f"{BENCHMARKS}/evaluate/{RUN_ID}.tsv"
-    conda:
-        ENV
-    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
-    threads: resources(config, "evaluate")["threads"]
-    resources:
-        mem_mb=resources(config, "evaluate")["mem_mb"],
-        runtime=resources(config, "evaluate")["runtime"],
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -95,17 +95,17 @@ rule aggregate_seed:
     output:
         metrics=f"{RESULTS}/seed{{seed}}/metrics.parquet",
         privacy=f"{RESULTS}/seed{{seed}}/privacy.parquet",
-    params:
-        runs=lambda w: [r.table_keys() for r in seed_runs(w.seed)],
     log:
         f"{LOGS}/aggregate/seed{{seed}}.log",
+    priority: seed_priority(20)  # the first seed's tables and figure as soon as its runs are done
     conda:
         ENV
-    priority: seed_priority(20)  # the first seed's tables and figure as soon as its runs are done
     threads: 1
     resources:
         mem_mb=resources(config, "aggregate")["mem_mb"],
         runtime=resources(config, "aggregate")["runtime"],
+    params:
+        runs=lambda w: [r.table_keys() for r in seed_runs(w.seed)],
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -120,8 +120,6 @@ rule aggregate:
     output:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
-    params:
-        runs=[r.table_keys() for r in RUNS],
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -132,5 +130,7 @@ rule aggregate:
     resources:
         mem_mb=resources(config, "aggregate")["mem_mb"],
         runtime=resources(config, "aggregate")["runtime"],
+    params:
+        runs=[r.table_keys() for r in RUNS],
     script:
         "../workflow_scripts/aggregate.py"

@@ -9,20 +9,20 @@ rule generate:
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
     output:
         f"{RUN_DIR}/samples.h5",
-    params:
-        n_samples=config["generate"]["n_samples"],
-        split=config["evaluate"].get("split", "test"),
-        randomness=config["privacy"]["randomness"],
     log:
         f"{LOGS}/generate/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/generate/{RUN_ID}.tsv"
+    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     conda:
         ENV
-    priority: seed_priority(10)  # started runs finish first, and the first seed before the next (common.smk)
     threads: 1
     resources:
         mem_mb=resources(config, "generate")["mem_mb"],
         runtime=resources(config, "generate")["runtime"],
+    params:
+        n_samples=config["generate"]["n_samples"],
+        split=config["evaluate"].get("split", "test"),
+        randomness=config["privacy"]["randomness"],
     script:
         "../workflow_scripts/generate.py"

@@ -8,13 +8,14 @@ rule plot_privacy_utility:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
     output:
-        png=report(f"{FIGURES}/{{dataset}}/privacy_utility.png", caption="../report/privacy_utility.rst",
-                   category="1. Privacy-utility", subcategory="{dataset}",
-                   labels={"dataset": "{dataset}", "figure": "all models (overview)"}),
+        png=report(
+            f"{FIGURES}/{{dataset}}/privacy_utility.png",
+            caption="../report/privacy_utility.rst",
+            category="1. Privacy-utility",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "all models (overview)"},
+        ),
         pdf=f"{FIGURES}/{{dataset}}/privacy_utility.pdf",
-    params:
-        metrics=config["plot"].get("privacy_utility_metrics"),
-        model=None,
     log:
         f"{LOGS}/plot/{{dataset}}/privacy_utility.log",
     benchmark:
@@ -25,23 +26,30 @@ rule plot_privacy_utility:
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
+    params:
+        metrics=config["plot"].get("privacy_utility_metrics"),
+        model=None,
     script:
         "../workflow_scripts/plot_privacy_utility.py"
 
 
 use rule plot_privacy_utility as plot_privacy_utility_model with:
     output:
-        png=report(f"{FIGURES}/{{dataset}}/privacy_utility_{{model}}.png", caption="../report/privacy_utility.rst",
-                   category="1. Privacy-utility", subcategory="{dataset}",
-                   labels={"dataset": "{dataset}", "figure": "{model}"}),
+        png=report(
+            f"{FIGURES}/{{dataset}}/privacy_utility_{{model}}.png",
+            caption="../report/privacy_utility.rst",
+            category="1. Privacy-utility",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "{model}"},
+        ),
         pdf=f"{FIGURES}/{{dataset}}/privacy_utility_{{model}}.pdf",
-    params:
-        metrics=config["plot"].get("privacy_utility_metrics"),
-        model=lambda w: w.model,
     log:
         f"{LOGS}/plot/{{dataset}}/privacy_utility_{{model}}.log",
     benchmark:
         f"{BENCHMARKS}/plot/{{dataset}}/privacy_utility_{{model}}.tsv"
+    params:
+        metrics=config["plot"].get("privacy_utility_metrics"),
+        model=lambda w: w.model,
 
 
 use rule plot_privacy_utility as plot_privacy_utility_seed with:
@@ -63,9 +71,13 @@ rule plot_privacy_audit:
         metrics=f"{RESULTS}/metrics.parquet",
         privacy=f"{RESULTS}/privacy.parquet",
     output:
-        png=report(f"{FIGURES}/{{dataset}}/privacy_audit.png", caption="../report/privacy_audit.rst",
-                   category="2. Privacy audit", subcategory="{dataset}",
-                   labels={"dataset": "{dataset}", "figure": "membership inference against the DP bound"}),
+        png=report(
+            f"{FIGURES}/{{dataset}}/privacy_audit.png",
+            caption="../report/privacy_audit.rst",
+            category="2. Privacy audit",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "membership inference against the DP bound"},
+        ),
         pdf=f"{FIGURES}/{{dataset}}/privacy_audit.pdf",
     log:
         f"{LOGS}/plot/{{dataset}}/privacy_audit.log",
@@ -87,15 +99,14 @@ rule plot_comparison:
         splits=f"{RESULTS}/{{dataset}}/splits.parquet",
         samples=comparison_runs,
     output:
-        png=report(f"{FIGURES}/{{dataset}}/comparison_{{model}}.png", caption="../report/comparison.rst",
-                   category="3. Samples", subcategory="{dataset}",
-                   labels={"dataset": "{dataset}", "figure": "{model}"}),
+        png=report(
+            f"{FIGURES}/{{dataset}}/comparison_{{model}}.png",
+            caption="../report/comparison.rst",
+            category="3. Samples",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "{model}"},
+        ),
         pdf=f"{FIGURES}/{{dataset}}/comparison_{{model}}.pdf",
-    params:
-        modalities=comparison_modalities,
-        split=config["evaluate"].get("split", "test"),
-        n_columns=config["plot"].get("n_columns", 8),
-        indices=config["plot"].get("image_indices"),
     log:
         f"{LOGS}/plot/{{dataset}}/comparison_{{model}}.log",
     benchmark:
@@ -106,6 +117,11 @@ rule plot_comparison:
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
+    params:
+        modalities=comparison_modalities,
+        split=config["evaluate"].get("split", "test"),
+        n_columns=config["plot"].get("n_columns", 8),
+        indices=config["plot"].get("image_indices"),
     script:
         "../workflow_scripts/plot_comparison.py"
 
@@ -114,9 +130,13 @@ rule plot_cost:
     input:
         metrics=f"{RESULTS}/metrics.parquet",
     output:
-        png=report(f"{FIGURES}/{{dataset}}/cost.png", caption="../report/cost.rst",
-                   category="4. Training", subcategory="{dataset}",
-                   labels={"model": "all models (cost)", "privacy": "all", "epsilon_target": "all", "seed": "all"}),
+        png=report(
+            f"{FIGURES}/{{dataset}}/cost.png",
+            caption="../report/cost.rst",
+            category="4. Training",
+            subcategory="{dataset}",
+            labels={"model": "all models (cost)", "privacy": "all", "epsilon_target": "all", "seed": "all"},
+        ),
         pdf=f"{FIGURES}/{{dataset}}/cost.pdf",
     log:
         f"{LOGS}/plot/{{dataset}}/cost.log",

@@ -6,8 +6,6 @@ rule preprocess:
         f"{RESOURCES}/{{dataset}}/raw.h5",
     output:
         f"{RESULTS}/{{dataset}}/images.h5",
-    params:
-        size=config["image_size"],
     log:
         f"{LOGS}/preprocess/{{dataset}}.log",
     benchmark:
@@ -18,6 +16,8 @@ rule preprocess:
     resources:
         mem_mb=resources(config, "preprocess")["mem_mb"],
         runtime=resources(config, "preprocess")["runtime"],
+    params:
+        size=config["image_size"],
     script:
         "../workflow_scripts/preprocess.py"
 
@@ -27,10 +27,6 @@ rule split:
         f"{RESULTS}/{{dataset}}/images.h5",
     output:
         f"{RESULTS}/{{dataset}}/splits.parquet",
-    params:
-        fractions=config["split"]["fractions"],
-        seed=config["split"]["seed"],
-        canary_patients=config["split"].get("canary_patients", 0),
     log:
         f"{LOGS}/split/{{dataset}}.log",
     benchmark:
@@ -41,5 +37,9 @@ rule split:
     resources:
         mem_mb=resources(config, "split")["mem_mb"],
         runtime=resources(config, "split")["runtime"],
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
+        canary_patients=config["split"].get("canary_patients", 0),
     script:
         "../workflow_scripts/split.py"

@@ -9,16 +9,22 @@ rule tables:
     output:
         main_tex=f"{TABLES}/main_{{dataset}}.tex",
         main_md=f"{TABLES}/main_{{dataset}}.md",
-        main_html=report(f"{TABLES}/main_{{dataset}}.html", caption="../report/main_table.rst",
-                         category="5. Tables", subcategory="{dataset}",
-                         labels={"dataset": "{dataset}", "table": "main results"}),
+        main_html=report(
+            f"{TABLES}/main_{{dataset}}.html",
+            caption="../report/main_table.rst",
+            category="5. Tables",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "main results"},
+        ),
         privacy_tex=f"{TABLES}/privacy_{{dataset}}.tex",
         privacy_md=f"{TABLES}/privacy_{{dataset}}.md",
-        privacy_html=report(f"{TABLES}/privacy_{{dataset}}.html", caption="../report/privacy_table.rst",
-                            category="5. Tables", subcategory="{dataset}",
-                            labels={"dataset": "{dataset}", "table": "privacy ledger per run"}),
-    params:
-        metrics=config["plot"].get("table_metrics"),
+        privacy_html=report(
+            f"{TABLES}/privacy_{{dataset}}.html",
+            caption="../report/privacy_table.rst",
+            category="5. Tables",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "privacy ledger per run"},
+        ),
     log:
         f"{LOGS}/tables/{{dataset}}.log",
     benchmark:
@@ -29,5 +35,7 @@ rule tables:
     resources:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
+    params:
+        metrics=config["plot"].get("table_metrics"),
     script:
         "../workflow_scripts/tables.py"
