@@ -14,6 +14,7 @@ include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/evaluate.smk"
+include: "rules/audit.smk"
 include: "rules/plot.smk"
 include: "rules/report.smk"
 

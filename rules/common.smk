@@ -113,6 +113,17 @@ def benchmark_paths(stage, runs=RUNS):
     return per_run(f"{BENCHMARKS}/{stage}/{RUN_ID}.tsv", runs)
 
 
+def audited_runs():
+    """The DP-SGD runs of the first seed whose model `audit.models` lists: each gets a one-run audit."""
+    return [r for r in RUNS if r.privacy == "dpsgd" and r.model in config["audit"]["models"] and r.seed == SEEDS[0]]
+
+
+def audit_paths():
+    return per_run(
+        f"{RESULTS}/{{dataset}}/audit/{{model}}/{{privacy}}/eps{{epsilon}}/seed{{seed}}.parquet", audited_runs()
+    )
+
+
 def downstream_reference_paths(seeds=None):
     """The downstream family's real-data reference rows, one file per (dataset, seed), when it is evaluated."""
     if "downstream" not in config["evaluate"]["metrics"]:
@@ -201,10 +212,15 @@ def paper_targets():
 
 def study_targets():
     """Everything `all` builds: the study tables, the paper set, the report's PNGs, Markdown/HTML tables,
-    the first seed's early privacy-utility figure and every run's training curves."""
+    the first seed's early privacy-utility figure, the one-run audit and every run's training curves."""
     targets = [f"{RESULTS}/metrics.parquet", f"{RESULTS}/privacy.parquet"] + paper_targets()
     targets += [t.replace(".pdf", ".png") for t in paper_targets() if t.endswith(".pdf")]
     for d in config["datasets"]:
         targets += [f"{TABLES}/{name}_{d}.{ext}" for name in ("main", "privacy") for ext in ("md", "html")]
     targets += [f"{FIGURES}/{d}/seed{SEEDS[0]}/privacy_utility.png" for d in config["datasets"]]
+    audited = sorted({r.dataset for r in audited_runs()})
+    if audited:  # the one-run audit (rules/audit.smk)
+        targets += [f"{RESULTS}/audit.parquet"] + [
+            f"{FIGURES}/{d}/one_run_audit.{ext}" for d in audited for ext in ("png", "pdf")
+        ]
     return targets + run_paths("training_curves.png")

@@ -90,7 +90,7 @@ def test_ci_study_end_to_end(ci_study):
     assert fusion["protected_networks"] == ["discriminator_mri", "discriminator_pet", "generator"]
     assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon_spent"] <= 1.0
     figures = results / "figures" / "brain_phantom"
-    expected = ["privacy_utility", "privacy_audit", "cost"]
+    expected = ["privacy_utility", "privacy_audit", "cost", "one_run_audit"]
     expected += [f"{kind}_{m}" for kind in ("privacy_utility", "comparison") for m in config["models"]]
     assert sorted(f.name for f in figures.iterdir() if f.is_file()) == sorted(
         f"{n}.{ext}" for n in expected for ext in ("png", "pdf"))
@@ -119,6 +119,12 @@ def test_ci_study_end_to_end(ci_study):
     assert not list(results.glob("**/resume*.pt"))  # removed once each run finished
     dcgan = json.loads((results / "brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json").read_text())
     assert dcgan["class_generators"] == [0, 1] and set(dcgan["class_ledgers"]) == {"0", "1"}
+
+    audit = pd.read_parquet(results / "audit.parquet")  # the one-run audit of DCGAN's DP-SGD runs
+    assert {"dataset", "model", "privacy", "epsilon_claimed", "epsilon_lower", "n_canaries", "threat_model"} <= set(
+        audit.columns)
+    assert len(audit) == len(config["privacy"]["epsilons"]) and set(audit.model) == set(config["audit"]["models"])
+    assert (audit.n_canaries == config["audit"]["n_canaries"]).all() and (audit.epsilon_lower <= audit.epsilon_claimed).all()
 
     splits = pd.read_parquet(results / "brain_phantom" / "splits.parquet")
     assert splits.patient_id.is_unique

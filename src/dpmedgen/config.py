@@ -124,6 +124,13 @@ def check_config(config: dict[str, Any]) -> None:
             PRIVACY_MODES.get(name)(target_epsilon=1.0, delta=config["privacy"]["delta"], **(params or {}))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key privacy.{name}: {err}") from None
+    audit = config.get("audit") or {}
+    for name in audit.get("models", []):
+        if name not in config["models"]:
+            raise ConfigError(f"config key audit.models: {name!r} is not a model of the study; models: {list(config['models'])}")
+    if audit.get("models") and "dpsgd" not in config["privacy"]["modes"]:
+        raise ConfigError("config key audit.models: the one-run audit instruments DP-SGD runs, and privacy.modes lists "
+                          "no 'dpsgd'; add it or set audit.models: []")
     for name in config["evaluate"]["metrics"]:
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics: unknown metric {name!r}; known: {METRICS.names()}")

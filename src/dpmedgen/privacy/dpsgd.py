@@ -244,6 +244,8 @@ class NoisyStep:
         self.generator = generator
         self._public_grads = public_grads
         self._on_step = on_step
+        #: white-box audit canaries (`dpmedgen.privacy.audit.GradientCanaries`), only in an audit run
+        self.canaries = None
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -255,12 +257,19 @@ class NoisyStep:
     def step(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
         public = self._public_grads()
-        for p in self.params:
+        params = self.params
+        if self.canaries is not None:
+            self.canaries.add_to_clipped_sum(params)
+        for p in params:
             clipped = p.grad if p.grad is not None else torch.zeros_like(p)
             if std > 0:
                 noise = torch.normal(0, std, size=p.shape, device=p.device, generator=self.generator)
                 clipped = clipped + noise
-            p.grad = clipped / self.expected_batch_size
+            p.grad = clipped
+        if self.canaries is not None:
+            self.canaries.observe(params)
+        for p in params:
+            p.grad = p.grad / self.expected_batch_size
             if p in public:
                 p.grad = p.grad + public[p]
         self._on_step()
