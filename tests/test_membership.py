@@ -26,6 +26,7 @@ from dpmedgen.metrics.membership import (
     patient_privacy,
     patient_scores,
     two_sided_eps_lower,
+    max_certifiable_epsilon,
     roc_summary,
     tpr_at_fpr,
 )
@@ -169,6 +170,17 @@ def test_two_sided_eps_lower_counts_an_inverted_attack_at_bonferroni_confidence(
     assert two_sided_eps_lower(nonmembers[:20], members[:20], 0.01, delta=0.0) == pytest.approx(
         math.log(0.0125 ** (1 / 20) / (1 - 0.0125 ** (1 / 20))), rel=1e-6)  # the direct attack, same confidence
     assert two_sided_eps_lower(np.arange(44) % 2, np.arange(20) % 2, 0.01, delta=1e-5) == 0.0  # no signal
+
+
+def test_max_certifiable_epsilon_is_the_perfect_attacks_and_bounds_every_attack():
+    assert max_certifiable_epsilon(44, 20, 1e-5) == pytest.approx(
+        two_sided_eps_lower(np.ones(44), np.zeros(20), 0.01, 1e-5), abs=1e-12)
+    assert max_certifiable_epsilon(44, 20, 1e-5) == pytest.approx(1.526, abs=1e-3)  # a claim of 2 is untestable
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m, n = rng.normal(1, 1, 44), rng.normal(0, 1, 20)
+        assert two_sided_eps_lower(m, n, 0.01, 1e-5) <= max_certifiable_epsilon(44, 20, 1e-5) + 1e-12
+    assert max_certifiable_epsilon(5600, 1200, 1e-5) > 5  # more candidates, more power
 
 
 def test_patient_privacy_and_coverage_from_ledgers():
@@ -331,7 +343,7 @@ def test_info_lists_every_name_and_families_declare_inputs(population):
     for m in INFO:
         assert m.family in FAMILIES and m.name.startswith(("mia_", "memorization_rate"))
         assert "." not in m.name
-        assert m.higher_is_better is (None if ("bound" in m.name or "_n_" in m.name) else False)
+        assert m.higher_is_better is (None if ("bound" in m.name or "_n_" in m.name or "_max_" in m.name) else False)
     assert FAMILIES["mia_dcr"].requires == ("members", "nonmembers")
     assert FAMILIES["mia_discriminator"].requires == ("members", "nonmembers", "discriminator")
 

@@ -104,6 +104,7 @@ __all__ = [
     "dp_tpr_bound",
     "eps_lower_bound",
     "two_sided_eps_lower",
+    "max_certifiable_epsilon",
     "patient_privacy",
     "discriminator_covered",
     "memorization_rate",
@@ -360,7 +361,15 @@ def _attack_rows(
                 out[f"{prefix}_bound_tpr_at_{key}_{level}"] = dp_tpr_bound(fpr, eps, delta)
             for key, fpr in FPR_TARGETS.items():
                 out[f"{prefix}_eps_lower_at_{key}_{level}"] = two_sided_eps_lower(m, n, fpr, delta)
+            out[f"{prefix}_eps_lower_max_{level}"] = max_certifiable_epsilon(len(m), len(n), delta)
     return out
+
+
+def max_certifiable_epsilon(n_members: int, n_nonmembers: int, delta: float, confidence: float = 0.95) -> float:
+    """The largest epsilon `two_sided_eps_lower` can certify with these counts: that of a perfect attack (every
+    member above every non-member: TPR 1 at FPR 0), at the two-sided confidence. A claimed epsilon above it
+    cannot be contradicted by this audit, whatever the attack (e.g. 1.53 with 44 members and 20 non-members)."""
+    return eps_lower_bound(n_members, n_members, 0, n_nonmembers, delta, 1.0 - (1.0 - confidence) / 2.0)
 
 
 def two_sided_eps_lower(member_scores, nonmember_scores, fpr: float, delta: float, confidence: float = 0.95) -> float:
@@ -505,6 +514,20 @@ def _infos() -> list[MetricInfo]:
                         family=prefix,
                     )
                 )
+        for level in LEVELS:
+            infos.append(
+                MetricInfo(
+                    f"{prefix}_eps_lower_max_{level}",
+                    higher_is_better=None,
+                    range="[0, inf)",
+                    source="max_certifiable_epsilon: the Clopper-Pearson bound of a perfect attack (TPR 1 at FPR 0) "
+                    "at the candidate counts",
+                    description=f"The largest epsilon {prefix}_eps_lower_at_*_{level} can certify with these numbers "
+                    "of members and non-members, whatever the attack: a claimed epsilon above it cannot be "
+                    f"contradicted by this audit (it has no power there). {bound_note}",
+                    family=prefix,
+                )
+            )
     for level in LEVELS:
         for group, who in (("members", "training (member)"), ("nonmembers", "held-out (non-member)")):
             infos.append(

@@ -75,6 +75,7 @@ QUANTITIES: dict[str, tuple[str, str]] = {
 }
 BOUND_METRIC = "{prefix}_bound_tpr_at_fpr1pct_{level}"
 N_NONMEMBERS_METRIC = "mia_n_nonmembers_{level}"
+MAX_CERTIFIABLE_METRIC = "{prefix}_eps_lower_max_{level}"  # the largest epsilon the audit can certify
 
 BOUND_COLOR = "#111111"
 CHANCE_COLOR = "#8c8c8c"
@@ -229,6 +230,8 @@ def plot_privacy_audit(
     wanted = {QUANTITIES[q][0].format(prefix=a, level=level) for a in attacks for q in QUANTITIES}
     wanted |= {BOUND_METRIC.format(prefix=a, level=level) for a in attacks}
     n_nonmembers = df.loc[df["metric"] == N_NONMEMBERS_METRIC.format(level=level), "value"]
+    max_certifiable = {a: df.loc[df["metric"] == MAX_CERTIFIABLE_METRIC.format(prefix=a, level=level), "value"].max()
+                       for a in attacks}
     df = df[df["metric"].isin(wanted)]
     bad = ~np.isfinite(df["value"].to_numpy())
     if bad.any():
@@ -341,6 +344,12 @@ def plot_privacy_audit(
                 ax.plot(xs, xs, color=BOUND_COLOR, lw=1.1, zorder=1.5, gid=f"diagonal|{prefix}")
                 ax.axhline(0.0, color=CHANCE_COLOR, lw=0.8, dashes=(1, 1.5), zorder=1.2)
                 drawn += [0.0, xhi]
+                cap = max_certifiable.get(prefix)
+                if cap is not None and np.isfinite(cap):  # no claim above it can be contradicted by this audit
+                    ax.axhline(cap, color=VIOLATION_COLOR, lw=0.9, dashes=(3, 2), zorder=1.4, gid=f"max_certifiable|{prefix}")
+                    ax.text(0.02, cap, f"most it can certify: {cap:.2f}", transform=ax.get_yaxis_transform(),
+                            va="bottom", ha="left", fontsize=6.5, color=VIOLATION_COLOR)
+                    drawn.append(float(cap))
             else:
                 chance = 0.5 if quantity == "auc" else FPR
                 for k, delta in enumerate(deltas):
