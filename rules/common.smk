@@ -69,7 +69,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     model="|".join(map(re.escape, config["models"])),
     privacy="[A-Za-z0-9_]+",
-    epsilon="inf|[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
+    epsilon="inf|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?",
     seed="[0-9]+",
 
 

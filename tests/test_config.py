@@ -97,9 +97,14 @@ def test_semantic_errors_name_the_key(config, mutate, message):
 
 
 def test_epsilon_spelling_round_trips():
-    for eps in (0.1, 0.5, 1.0, 10.0, math.inf):
-        assert parse_epsilon(format_epsilon(eps)) == eps
-    assert format_epsilon(1.0) == "1" and format_epsilon(math.inf) == "inf"
+    """The value in the path is the configured float, to the last digit (a run trains at the path's value)."""
+    import re
+
+    pattern = re.compile(r"inf|[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")  # the epsilon wildcard of rules/common.smk
+    for eps in (0.1, 0.5, 1.0, 10.0, math.inf, 2.7182818, 1234567.0, 1e-5, 0.1 + 0.2, 3.0e-7, 1e300, 123456789.125):
+        text = format_epsilon(eps)
+        assert parse_epsilon(text) == eps and pattern.fullmatch(text), (eps, text)
+    assert format_epsilon(1.0) == "1" and format_epsilon(math.inf) == "inf" and format_epsilon(1234567) == "1234567"
     with pytest.raises(ValueError):
         parse_epsilon("-1")
 
@@ -159,3 +164,22 @@ def test_conda_env_has_every_library_dependency():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {name(r) for r in pip if not r.startswith("--")}
     assert project - {"snakemake", "snakemake-executor-plugin-slurm", "jsonschema"} <= listed
+
+
+def test_the_schema_accepts_every_resource_key_the_rules_read(config):
+    import re
+    from pathlib import Path
+
+    rules = "".join(p.read_text() for p in (Path(__file__).resolve().parents[1] / "rules").glob("*.smk"))
+    read = set(re.findall(r'resources\(config, "(\w+)"\)', rules))
+    assert {"download", "preprocess", "split", "train"} <= read
+    validate_schema(config | {"resources": {name: {"threads": 1} for name in read | {"default"}}})
+
+
+def test_readme_never_puts_a_target_after_configfile():
+    """`--configfile` takes several files: a target after it is read as a config file (FileNotFoundError)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert not re.search(r"--configfile \S+ (paper|all)\b", readme)

@@ -175,7 +175,7 @@ def test_large_grid_plans(tmp_path):
 
 @pytest.mark.integration
 def test_paper_target_plans_the_full_grid(tmp_path):
-    """`snakemake -n --configfile configs/paper.yaml paper` plans every run and exactly the paper's set."""
+    """`snakemake paper -n --configfile configs/paper.yaml` (README) plans every run and exactly the paper's set."""
     proc = _snakemake(tmp_path, "-n", "--quiet", "rules", "--", "paper", config=ROOT / "configs" / "paper.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {line.split()[0]: int(line.split()[-1]) for line in proc.stdout.splitlines()

@@ -11,9 +11,18 @@ __all__ = ["REAL_DATA", "RunSpec", "format_epsilon", "parse_epsilon"]
 
 
 def format_epsilon(epsilon: float) -> str:
-    """1.0 -> "1", 0.5 -> "0.5", inf -> "inf" (the spelling used in paths and wildcards)."""
+    """The spelling of epsilon in paths and wildcards, which `parse_epsilon` turns back into exactly the same
+    float: an integral value without decimals, any other the shortest round-tripping `repr`.
+
+    >>> [format_epsilon(e) for e in (1.0, 0.5, 2.7182818, 1234567.0, 1e-05, float("inf"))]
+    ['1', '0.5', '2.7182818', '1234567', '1e-05', 'inf']
+    """
     epsilon = float(epsilon)
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+    if math.isinf(epsilon):
+        return "inf"
+    if epsilon.is_integer() and abs(epsilon) < 1e16:
+        return str(int(epsilon))
+    return repr(epsilon)
 
 
 def parse_epsilon(text: str) -> float:
