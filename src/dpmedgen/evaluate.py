@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,6 +21,7 @@ from dpmedgen.data.canary import canary_patients
 from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
+from dpmedgen.io import write_atomic, write_parquet
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
 from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, LabelledSplits, downstream_utility
@@ -32,15 +32,6 @@ from dpmedgen.results import EPSILON_SPENT, EPSILON_TARGET, GUARANTEE_COLUMNS, M
 from dpmedgen.runs import RunSpec
 
 logger = logging.getLogger(__name__)
-
-
-
-def _write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def _real_images(images_h5, splits_parquet, split: str, modality: str):
@@ -63,11 +54,8 @@ def real_features(
     torch.set_num_threads(threads)
     real = _real_images(images_h5, splits_parquet, split, modality)
     features = extract_features(real.modalities[modality], batch_size=batch_size)
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"features": features, "patient_id": real.patient_id.tolist(), "slice": real.slice.tolist()}, tmp)
-    os.replace(tmp, path)
+    state = {"features": features, "patient_id": real.patient_id.tolist(), "slice": real.slice.tolist()}
+    write_atomic(out_path, lambda tmp: torch.save(state, tmp))
 
 
 def evaluate_run(
@@ -178,7 +166,7 @@ def evaluate_run(
                           "n_real": len(real), "n_fake": len(fake)}
          for name, v in values.items()]
     )
-    _write_parquet(rows, out_parquet)
+    write_parquet(rows, out_parquet)
     return rows
 
 
@@ -224,7 +212,7 @@ def downstream_reference(
          for name, v in values.items()],
         columns=[*run, "metric", "value", "reference", "n_real", "n_fake"],
     )
-    _write_parquet(rows, out_parquet)
+    write_parquet(rows, out_parquet)
     return rows
 
 
@@ -309,8 +297,8 @@ def aggregate(
     privacy[EPSILON_TARGET] = privacy[EPSILON_TARGET].astype(float)
     privacy = privacy.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
     metrics = _with_guarantees(metrics, privacy)
-    _write_parquet(metrics, out_metrics)
-    _write_parquet(privacy, out_privacy)
+    write_parquet(metrics, out_metrics)
+    write_parquet(privacy, out_privacy)
     return metrics, privacy
 
 

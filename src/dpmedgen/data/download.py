@@ -42,6 +42,7 @@ import requests
 from tqdm.auto import tqdm
 
 from dpmedgen.data.sources.base import DatasetError, RemoteFile, unpacked_dir
+from dpmedgen.io import write_text
 
 CHUNK_BYTES = 1 << 20
 NETWORK_CHUNK_BYTES = 1 << 16  # small reads: an interrupted transfer keeps all but the last one
@@ -82,9 +83,7 @@ def _update_ledger(folder: Path, name: str, entry: dict | None) -> None:
             return
         if entry is not None:
             ledger[name] = entry
-        tmp = folder / f".{LEDGER}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / LEDGER)
+        write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n", folder / LEDGER)
 
 
 def _record(folder: Path, remote: RemoteFile, sha256: str, size: int) -> None:

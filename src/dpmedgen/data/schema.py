@@ -24,6 +24,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dpmedgen.io import write_atomic
+
 SCHEMA_VERSION = 1
 
 
@@ -89,10 +91,8 @@ class ImageSet:
 def write_image_set(path: str | os.PathLike, images: ImageSet) -> None:
     """Write `images` to `path` in the common schema, atomically."""
     images.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             grp = f.create_group("modalities")
             for name, arr in images.modalities.items():
@@ -104,10 +104,8 @@ def write_image_set(path: str | os.PathLike, images: ImageSet) -> None:
             f.attrs["dataset"] = images.dataset
             f.attrs["modalities"] = json.dumps(list(images.modalities))
             f.attrs["provenance"] = json.dumps(images.provenance, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    write_atomic(path, write)
 
 
 def read_image_set(path: str | os.PathLike, modalities: list[str] | None = None) -> ImageSet:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dpmedgen.data.schema import ImageSet
+from dpmedgen.io import write_parquet
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("patient_id", "split", "label", "n_images")
@@ -158,17 +159,8 @@ def check_split(df: pd.DataFrame, images: ImageSet | None = None) -> None:
 def write_splits(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Validate and write a split table to parquet atomically (temporary file, then rename)."""
     check_split(df)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]
-    out = df[columns].sort_values("patient_id", kind="stable").reset_index(drop=True)
-    try:
-        out.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_parquet(df[columns].sort_values("patient_id", kind="stable").reset_index(drop=True), path)
 
 
 def read_splits(path: str | os.PathLike) -> pd.DataFrame:

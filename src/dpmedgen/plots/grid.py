@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from dpmedgen.io import write_atomic
 
 
 def tile(images: np.ndarray, n_cols: int = 8, pad: int = 2) -> np.ndarray:
@@ -26,9 +26,5 @@ def tile(images: np.ndarray, n_cols: int = 8, pad: int = 2) -> np.ndarray:
 
 def save_image_grid(images: np.ndarray, path: str | os.PathLike, n_cols: int = 8) -> None:
     """Write `images` (N, H, W) in [0, 1] as an 8-bit grey PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = (tile(np.clip(images, 0.0, 1.0), n_cols) * 255.0 + 0.5).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Image.fromarray(grid, mode="L").save(tmp, format="PNG"))

@@ -7,7 +7,6 @@ no display needed), so plotting works headless and never leaks open figures.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Mapping, Sequence
 
@@ -16,6 +15,8 @@ from scipy import stats
 
 import seaborn as sns
 from matplotlib.figure import Figure
+
+from dpmedgen import io
 
 PRIVACY_ORDER = [
     "none",
@@ -187,29 +188,17 @@ def reference_dashes(i: int) -> tuple[float, ...]:
     return REFERENCE_DASHES[i % len(REFERENCE_DASHES)]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Create `path` by calling ``write`` on a temporary file in its directory, then ``os.replace`` it in:
-    readers (and Snakemake) never see a half-written file, and a failed write leaves nothing behind.
-    Parent directories are created; the file gets the usual permissions (mkstemp makes 0600 files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Create `path` by calling ``write`` on a binary handle of a temporary file that `dpmedgen.io.write_atomic`
+    renames into place: readers (and Snakemake) never see a half-written file, and a failed write leaves
+    nothing behind."""
+
+    def to_handle(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    io.write_atomic(path, to_handle)
+    return Path(path)
 
 
 def save_figure(fig: Figure, paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:

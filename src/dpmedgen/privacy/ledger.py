@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dpmedgen.io import write_text
+
 REQUIRED = ("mechanism", "guarantee", "unit", "adjacency", "epsilon_spent", "epsilon_target", "delta")
 
 #: The study's one neighbouring relation, stated in every ledger (`adjacency`): two training sets are
@@ -119,11 +121,7 @@ def compose_parallel(ledgers: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def write_ledger(path: str | os.PathLike, ledger: dict[str, Any]) -> None:
     validate_ledger(ledger, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n", path)
 
 
 def read_ledger(path: str | os.PathLike) -> dict[str, Any]:

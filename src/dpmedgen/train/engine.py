@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from dpmedgen.io import write_atomic
 
 from dpmedgen.models.base import GenerativeModel, Player
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
@@ -188,10 +189,7 @@ def _loader_generator(loader: torch.utils.data.DataLoader) -> torch.Generator | 
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _unwrap(net: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ import torch
 from dpmedgen.data.canary import canary_patients, plant
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
+from dpmedgen.io import write_atomic
 from dpmedgen.models import MODELS, GenerativeModel
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, TrainingData, compose_parallel, write_ledger
@@ -221,10 +222,7 @@ def _class_parts(data: TrainingData, run: RunSpec) -> dict[int, TrainingData]:
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def _grid_inputs(model: GenerativeModel, images_h5, splits_parquet, modalities) -> torch.Tensor | None:
@@ -250,11 +248,7 @@ def _write_grid(model: GenerativeModel, inputs: torch.Tensor | None, path: Path)
 
 
 def _save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _reference_state(run: RunSpec, reference_checkpoint: str | os.PathLike | None) -> dict[str, Any]:
