@@ -11,12 +11,10 @@ The audit run is a diagnostic: it is not part of the study's release and writes 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from dpmedgen.io import write_parquet
@@ -48,25 +46,19 @@ def one_run_audit(
     randomness: str = "secret",
 ) -> pd.DataFrame:
     """Train `run`'s DP-SGD configuration with `n_canaries` gradient canaries and write its audit row."""
-    from dataclasses import replace
-
     from dpmedgen.train.engine import TrainConfig, seed_everything, train_model
-    from dpmedgen.train.run import build_model, load_split_images, model_modalities
+    from dpmedgen.train.run import class_config, class_parts, model_and_training_data, uses_class_generators
 
     if run.privacy != "dpsgd":
         raise ValueError(f"{run.name}: the one-run audit instruments DP-SGD runs; got privacy mode {run.privacy!r}")
     check_randomness(randomness)
     seed_everything(run.seed)
-    probe = build_model(run.model, 32, model_params)
-    data = load_split_images(images_h5, splits_parquet, model_modalities(probe, modality))
-    image_size = int(data.images.shape[-1])
-    model = build_model(run.model, image_size, model_params)
+    model, data = model_and_training_data(run, images_h5, splits_parquet, modality, model_params)
     cfg = TrainConfig(seed=run.seed, **(train | {"checkpoint_every": 0, "grid_every": 0}))
-    labels = data.labels
-    if cfg.class_generators and model.kind != "fusion" and labels is not None and (labels >= 0).all():
-        classes, counts = np.unique(labels, return_counts=True)
-        data = data.subset(labels == classes[np.argmax(counts)])
-        cfg = replace(cfg, steps=max(1, math.ceil(cfg.steps / len(classes))))
+    if uses_class_generators(cfg, model, data, run.name):  # the largest class, with a class generator's steps
+        parts = class_parts(data, run)
+        data = max(parts.values(), key=lambda part: part.n_patients)
+        cfg = class_config(cfg, len(parts))
     mode = AuditedDPSGD(
         n_canaries=n_canaries, target_epsilon=run.epsilon, delta=delta,
         seed=run.seed if randomness == "deterministic" else None, **privacy_params,

@@ -113,11 +113,8 @@ def train_run(
     identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
 
     seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
-    images_probe = read_image_set(images_h5, modalities=[modality])
-    image_size = int(images_probe.shape[-1])
-    model = build_model(run.model, image_size, model_params)
-    modalities = model_modalities(model, modality)
-    data = load_split_images(images_h5, splits_parquet, modalities)
+    model, data = model_and_training_data(run, images_h5, splits_parquet, modality, model_params)
+    image_size, modalities = int(data.images.shape[-1]), model_modalities(model, modality)
     sizes = {"n_train_images": data.n_images, "n_train_patients": data.n_patients}
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
@@ -167,20 +164,17 @@ def train_run(
         )
         return rows, resume
 
-    unlabelled = data.labels is None or bool((data.labels < 0).all())
-    if cfg.class_generators and model.kind != "fusion" and unlabelled:
-        log.info("%s: the dataset has no class labels; train.class_generators is ignored (one generator)", run.name)
-    if not (cfg.class_generators and model.kind != "fusion" and not unlabelled):
+    if not uses_class_generators(cfg, model, data, run.name):
         rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
         # The run's identity goes beside the ledger (its `epsilon_spent` is the bound, `epsilon_target` the target).
         record = privacy.full_ledger() | identity | sizes
         state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
         resumes = [resume]
     else:
-        parts = _class_parts(data, run)
+        parts = class_parts(data, run)
         # The configured steps are shared: each class's generator trains steps / K steps on 1/K-ish of the
         # data, so the mixture costs what one generator would and sees each image about as often.
-        class_cfg = replace(cfg, steps=max(1, math.ceil(cfg.steps / len(parts))))
+        class_cfg = class_config(cfg, len(parts))
         ledgers, state_dicts, logs, resumes, final_logs = {}, [], [], [], {}
         for label, part in parts.items():
             # Every class has its own random streams (initialisation, latents, and the privacy mode's noise and
@@ -208,7 +202,32 @@ def train_run(
     return record
 
 
-def _class_parts(data: TrainingData, run: RunSpec) -> dict[int, TrainingData]:
+def model_and_training_data(
+    run: RunSpec, images_h5, splits_parquet, modality: str, model_params: dict[str, Any]
+) -> tuple[GenerativeModel, TrainingData]:
+    """`run`'s model, built at the preprocessed images' size, and its training data (the modalities it reads)."""
+    image_size = int(read_image_set(images_h5, modalities=[modality]).shape[-1])
+    model = build_model(run.model, image_size, model_params)
+    return model, load_split_images(images_h5, splits_parquet, model_modalities(model, modality))
+
+
+def uses_class_generators(cfg: TrainConfig, model: GenerativeModel, data: TrainingData, name: str = "run") -> bool:
+    """Whether `train.class_generators` applies: an unconditional model on data with a label on every image."""
+    if not cfg.class_generators or model.kind == "fusion":
+        return False
+    if data.labels is None or bool((data.labels < 0).all()):
+        log.info("%s: the dataset has no class labels; train.class_generators is ignored (one generator)", name)
+        return False
+    return True
+
+
+def class_config(cfg: TrainConfig, n_classes: int) -> TrainConfig:
+    """A class generator's settings: the configured steps are shared between the classes, so the mixture costs
+    what one generator would and sees each image about as often."""
+    return replace(cfg, steps=max(1, math.ceil(cfg.steps / n_classes)))
+
+
+def class_parts(data: TrainingData, run: RunSpec) -> dict[int, TrainingData]:
     """The training data of each class label (at least two classes, each a whole set of patients)."""
     if data.labels is None or (data.labels < 0).any():
         raise ValueError(f"{run.name}: train.class_generators needs a class label on every training image")
