@@ -190,6 +190,8 @@ def check_config(config: dict[str, Any]) -> None:
     _check_models_build(config)
     _check_devices(config)
     _check_cohorts(config)
+    if _running_workflow() is not None:
+        hold_results_lock(config)
 
 
 def _check_registries(config: dict[str, Any]) -> None:
@@ -650,6 +652,73 @@ def _smallest_phantom(impaired_fraction: float, fractions: dict[str, float]) -> 
             return n
     return "above 100,000"
 
+
+
+# ------------------------------------------------------------------------------------ one study per results_dir
+
+#: Open lock files of this process (results folder -> handle): the lock lives as long as the process.
+_RESULTS_LOCKS: dict[Path, Any] = {}
+LOCK_NAME = ".dpmedgen.lock"
+#: Snakemake options that run no job: they neither take nor wait for the results lock.
+_READ_ONLY_OPTIONS = (
+    "--lint", "--unlock", "--summary", "--detailed-summary", "--list-rules", "--list-target-rules", "--list-changes",
+    "--list-input-changes", "--list-params-changes", "--list-code-changes", "--list-untracked", "--report", "--dag",
+    "--rulegraph", "--filegraph", "--d3dag", "--containerize", "--export-cwl", "--print-compilation",
+    "--generate-unit-tests", "--archive", "--conda-create-envs-only", "--create-envs-only", "--cleanup-shadow",
+    "--help", "--version",
+)
+
+
+def _runs_jobs(workflow: Any, argv: list[str]) -> bool:
+    """Whether this Snakemake invocation may run jobs: the main process, not a dry run nor a read-only option."""
+    if not getattr(workflow, "is_main_process", True):
+        return False  # a job's own Snakemake (cluster / subprocess): its main process holds the lock
+    if getattr(getattr(workflow, "output_settings", None), "dryrun", False):
+        return False
+    for arg in argv[1:]:
+        if arg in ("-S", "-D", "-l", "-n") or any(arg == o or arg.startswith(o + "=") for o in _READ_ONLY_OPTIONS):
+            return False
+    return True
+
+
+def hold_results_lock(config: dict[str, Any], *, force: bool = False) -> Path | None:
+    """Lock `<results_dir>/.dpmedgen.lock` (fcntl.flock) for the life of this process, or raise ConfigError
+    naming the process that holds it. Snakemake's own lock does not keep two studies apart: when any run
+    ends, its cleanup removes the whole `.snakemake/locks` folder, so a second invocation on the same results
+    starts writing into them. Called by `check_config` inside Snakemake for every invocation that may run
+    jobs (`force` skips that test); dry runs, `--lint`, `--summary` etc. neither take nor wait for it."""
+    import fcntl
+    import os
+    import socket
+    import sys
+    import time
+
+    if not force and not _runs_jobs(_running_workflow(), sys.argv):
+        return None
+    folder = Path(config.get("results_dir", "results")).resolve()
+    if folder in _RESULTS_LOCKS:
+        return folder / LOCK_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"config key results_dir: {config.get('results_dir', 'results')!r} is in use by another Snakemake run "
+            f"({holder}); two runs writing one study would corrupt it. Wait for that run to end, or give this "
+            "study another results_dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"{' '.join(sys.argv)[:500]}\n")
+    handle.flush()
+    _RESULTS_LOCKS[folder] = handle
+    return path
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read, schema-validate and check a config file (for use outside Snakemake)."""
