@@ -118,3 +118,17 @@ def test_the_real_features_cache_is_loaded_through_the_verified_loader():
     """evaluate.py reads real_features.pt with load_torch (CRC-checked), not with a bare torch.load."""
     source = (ROOT / "src" / "dpmedgen" / "evaluate.py").read_text()
     assert "load_torch(real_features_file)" in source and "torch.load(" not in source
+
+
+def test_the_generate_stage_refuses_a_scribbled_checkpoint_naming_it(checkpoint, tmp_path):
+    """generate_samples (and evaluate_run) verify the checkpoint's CRC-32s before train.run.load_model reads it."""
+    from dpmedgen.generate import generate_samples
+
+    path, _ = checkpoint
+    _scribble(path)
+    out = tmp_path / "samples.h5"
+    with pytest.raises(CorruptFileError, match=rf"^{re.escape(str(path))}: .*CRC-32"):
+        generate_samples(path, out, n_samples=8, seed=0)
+    assert not out.exists()
+    source = (ROOT / "src" / "dpmedgen" / "evaluate.py").read_text()
+    assert "verify_zip(checkpoint)" in source.split("load_model(checkpoint)")[0]

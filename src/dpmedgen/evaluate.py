@@ -21,7 +21,7 @@ from dpmedgen.data.canary import canary_patients
 from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
-from dpmedgen.io import load_torch, write_atomic, write_parquet
+from dpmedgen.io import load_torch, verify_zip, write_atomic, write_parquet
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
 from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, LabelledSplits, downstream_utility
@@ -110,6 +110,7 @@ def evaluate_run(
     if checkpoint is not None:
         from dpmedgen.train.run import load_model
 
+        verify_zip(checkpoint)  # CRC-32s: torch.load does not check them
         model, state = load_model(checkpoint)
     if fake_modality == FUSED:
         if model is None:
