@@ -37,8 +37,8 @@ HIGHER_IS_BETTER = {"ms_ssim": True, "ms_gmsd": False, "mdsi": False, "haarpsi":
 BEST = {"ms_ssim": 1.0, "ms_gmsd": 0.0, "mdsi": 0.0, "haarpsi": 1.0}
 # closed ranges that must hold (see the module docstring for the derivations)
 RANGE = {"ms_ssim": (0.0, 1.0), "ms_gmsd": (0.0, 0.5), "mdsi": (0.0, 1.25), "haarpsi": (0.0, 1.0)}
-# torchmetrics' MS-SSIM runs in float32 (rounding ~1e-7 per value); the others are float64 throughout
-FLOAT_TOL = {"ms_ssim": 1e-6, "ms_gmsd": 1e-12, "mdsi": 1e-12, "haarpsi": 1e-12}
+# all four are float64 throughout
+FLOAT_TOL = {"ms_ssim": 1e-12, "ms_gmsd": 1e-12, "mdsi": 1e-12, "haarpsi": 1e-12}
 
 
 def camera(size: int = 64) -> np.ndarray:
@@ -157,13 +157,12 @@ def test_ms_ssim_constant_images_hand_computed():
     # Constant images: every contrast-structure term is (0 + C2) / (0 + C2) = 1 at every scale, and the
     # luminance term at the coarsest scale is (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 1)^2, so
     # MS-SSIM = l ** beta_M with beta_M = 0.3001 / (0.0448 + 0.2856 + 0.3001) at 64 px (3 scales).
-    # Tolerance 1e-3: torchmetrics' float32 variances leave up to ~3e-4 in the cs terms (see docstring);
-    # the alternatives (beta 0.3001 unnormalised: 0.858, 1: 0.600, 5 scales: 0.934) are far away.
+    # (the alternatives: beta 0.3001 unnormalised: 0.858, 1: 0.600, 5 scales: 0.934). Float64: exact.
     a, b, c1 = 0.25, 0.75, 1e-4
     x, y = np.full((1, 64, 64), a), np.full((1, 64, 64), b)
     lum = (2 * a * b + c1) / (a * a + b * b + c1)
     want = lum ** (MS_SSIM_BETAS[2] / sum(MS_SSIM_BETAS[:3]))
-    assert float(ms_ssim_values(x, y)[0]) == pytest.approx(want, abs=1e-3)
+    assert float(ms_ssim_values(x, y)[0]) == pytest.approx(want, abs=1e-12)
     assert want == pytest.approx(0.7842, abs=1e-4)
 
 
@@ -171,12 +170,13 @@ def test_ms_ssim_scales_keep_coarsest_scale_at_16px():
     sides = (11, 16, 31, 32, 63, 64, 128, 255, 256, 512)
     assert [ms_ssim_scales(s, s) for s in sides] == [1, 1, 1, 2, 2, 3, 4, 4, 5, 5]
     assert ms_ssim_scales(64, 256) == 3  # the shorter side decides
-    # explicit betas override: one scale with weight 1 is plain SSIM
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+    # explicit betas override: one scale with weight 1 is plain (standard, valid-region) SSIM = scikit-image's
+    from skimage.metrics import structural_similarity as ssim
 
-    x, y = torch.from_numpy(blobs(3, seed=1)), torch.from_numpy(noisy(blobs(3, seed=1), 0.1))
-    want = ssim(x[:, None], y[:, None], data_range=1.0, reduction="none").double()
-    torch.testing.assert_close(ms_ssim_values(x, y, betas=(1.0,)), want, rtol=0, atol=1e-6)
+    x, y = blobs(3, seed=1), noisy(blobs(3, seed=1), 0.1)
+    want = [ssim(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+            for a, b in zip(x.astype(np.float64), y.astype(np.float64))]
+    np.testing.assert_allclose(ms_ssim_values(x, y, betas=(1.0,)).numpy(), want, rtol=0, atol=1e-10)
 
 
 # --- the papers' properties --------------------------------------------------------------------------

@@ -1,7 +1,16 @@
 """Per-sample similarity of each generated image to its nearest real (test) image.
 
 For every fake image we find the real image at the smallest Euclidean (L2) pixel distance, then compute
-SSIM and PSNR (``data_range=1``) between the pair with torchmetrics and average over fake images.
+SSIM and PSNR (``data_range=1``) between the pair and average over fake images.
+
+SSIM convention. :func:`ssim_values` is the standard SSIM of Wang, Bovik, Sheikh & Simoncelli (2004) as
+their MATLAB code, scikit-image (``structural_similarity(x, y, gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)``) and piq compute it: 11 x 11 Gaussian window (sigma 1.5,
+truncated at 3.5 sigma), population (co)variances, K1 = 0.01, K2 = 0.03, and the SSIM map averaged over the
+*valid* region only (pixels whose window lies inside the image: (H - 10) x (W - 10)); no padding. It is not
+torchmetrics' ``structural_similarity_index_measure``, which pads by reflection and averages the whole map
+(up to 0.18 higher or lower at 64 px, and its convention changed in torchmetrics 1.4.2). Images need at
+least 11 x 11 pixels. A test checks agreement with scikit-image to 1e-10.
 High values mean generated images sit close to real ones: a fidelity signal, and, when extreme, a
 memorization / privacy red flag.
 
@@ -24,6 +33,63 @@ if TYPE_CHECKING:
 
 _CHUNK = 256  # fake images per chunk (bounds memory of the distance matrix and SSIM maps)
 
+SSIM_SIGMA = 1.5  #: Gaussian window sd (Wang et al. 2004)
+SSIM_WINDOW = 11  #: window side: 2 * round(3.5 sigma) + 1, scikit-image's truncation of the Gaussian
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _valid_matrix(n: int, w: torch.Tensor) -> torch.Tensor:
+    """(n, n - k + 1) matrix M with (x @ M)[j] = sum_i w[i] x[j + i]: 'valid' correlation along one axis."""
+    k = len(w)
+    out = n - k + 1
+    m = torch.zeros(n, out, dtype=w.dtype)
+    cols = torch.arange(out)
+    for i in range(k):
+        m[cols + i, cols] = w[i]
+    return m
+
+
+def ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard SSIM and contrast-structure maps over the valid region, float64 (N, H - 10, W - 10).
+
+    x, y: (N, H, W) or (N, 1, H, W). The separable Gaussian window is applied as two matrix products in
+    float64 (exact 'valid' filtering; float64 CPU convolutions would be ~20x slower).
+    """
+    x = torch.as_tensor(x).to(torch.float64)
+    y = torch.as_tensor(y).to(torch.float64)
+    if x.dim() == 4:
+        x, y = x[:, 0], y[:, 0]
+    h, w = x.shape[-2:]
+    if min(h, w) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}; got {h}x{w}")
+    g = _gaussian_window()
+    rows, cols = _valid_matrix(h, g).T, _valid_matrix(w, g)
+    n = len(x)
+    maps = rows @ torch.cat([x, y, x * x, y * y, x * y]) @ cols
+    mx, my, xx, yy, xy = (maps[i * n : (i + 1) * n] for i in range(5))
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    vx, vy, cov = xx - mx * mx, yy - my * my, xy - mx * my
+    cs = (2.0 * cov + c2) / (vx + vy + c2)
+    lum = (2.0 * mx * my + c1) / (mx * mx + my * my + c1)
+    return lum * cs, cs
+
+
+def ssim_values(x, y, data_range: float = 1.0) -> torch.Tensor:
+    """Standard SSIM (Wang et al. 2004; = scikit-image with gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False) of each pair: mean of the SSIM map over the valid region, float64 (N,)."""
+    xt, yt = _as_nchw(x), _as_nchw(y)
+    if xt.shape != yt.shape:
+        raise ValueError(f"images differ in shape: {tuple(xt.shape)} vs {tuple(yt.shape)}")
+    out = [ssim_maps(xt[i : i + _CHUNK], yt[i : i + _CHUNK], data_range)[0].mean(dim=(-2, -1))
+           for i in range(0, len(xt), _CHUNK)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
 
 def _as_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
@@ -43,20 +109,11 @@ def nearest_real_indices(real: np.ndarray | torch.Tensor, fake: np.ndarray | tor
 
 
 def nn_ssim_values(real, fake, nn_index: torch.Tensor | None = None) -> torch.Tensor:
-    """SSIM (gaussian 11x11, sigma 1.5, data_range=1) of each fake image vs its nearest real image."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    # float32: torch's float64 CPU convolutions are ~25x slower. The price is rounding of ~1e-4 in flat,
-    # non-black regions (an image compared with itself can score 0.9997), far below any difference we report.
-    r, f = _as_nchw(real).to(torch.float32), _as_nchw(fake).to(torch.float32)
+    """Standard SSIM (:func:`ssim_values`: gaussian 11x11, sigma 1.5, valid region, data_range=1) of each fake
+    image vs its nearest real image, float64."""
+    r, f = _as_nchw(real).to(torch.float64), _as_nchw(fake).to(torch.float64)
     idx = nearest_real_indices(r, f) if nn_index is None else nn_index
-    out = [
-        structural_similarity_index_measure(
-            f[i : i + _CHUNK], r[idx[i : i + _CHUNK]], data_range=1.0, reduction="none"
-        )
-        for i in range(0, f.shape[0], _CHUNK)
-    ]
-    return torch.cat(out).to(torch.float64)
+    return ssim_values(f, r[idx])
 
 
 def nn_psnr_values(real, fake, nn_index: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ image pair, a float64 tensor (N,). Images are processed ``chunk`` pairs at a tim
 =========  ==================  ===============  ===========================================================
 metric     best (identical)    range            source
 =========  ==================  ===============  ===========================================================
-MS-SSIM    1, higher better    [0, 1]           Wang, Simoncelli & Bovik 2003; torchmetrics
+MS-SSIM    1, higher better    [0, 1]           Wang, Simoncelli & Bovik 2003 (their msssim.m)
 MS-GMSD    0, lower better     [0, 0.5]         Zhang, Sander & Bermak 2017 (after GMSD, Xue et al. 2014)
 MDSI       0, lower better     [0, 1.25)        Nafchi, Shahkolaei, Hedjam & Cheriet 2016 (gradient part)
 HaarPSI    1, higher better    (0, 1]           Reisenhofer, Bosse, Kutyniok & Wiegand 2018
@@ -21,7 +21,7 @@ reference implementations, border effects included (tests compare with SciPy tra
 They compute in float64 throughout: float32 would cost HaarPSI ~2e-5 (its logit pooling) and MDSI up to
 ~3e-3 on near-identical pairs (its fourth roots amplify rounding residues). The filters are evaluated with
 shifted slices and summed-area tables instead of float64 ``conv2d`` (slow on CPU), exactly the same sums.
-MS-SSIM uses torchmetrics in float32 (see :func:`ms_ssim_values` for its precision).
+MS-SSIM follows the authors' code (valid-region means, no padding; see :func:`ms_ssim_values`).
 
 Cross-check against piq 0.8.0 (which cannot be a dependency: it imports torchvision, whose binary does not
 load with our torch 2.13 CPU build; it was imported once with torchvision stubbed out), on 16 phantom MRI
@@ -30,7 +30,7 @@ slices at 64 px with Gaussian noise of sd 0.02, 0.1 and 0.3: MS-GMSD and HaarPSI
 (piq computes in float32). piq's default on grayscale input (alpha 0.6 after copying the grey channel into
 RGB) gives lower values (0.30 vs 0.35 at sd 0.02).
 
-Speed (2 shared CPU threads, 1,000 pairs of 64 x 64 images): MS-SSIM 1.1-1.6 s, MS-GMSD 0.1-0.2 s,
+Speed (2 shared CPU threads, 1,000 pairs of 64 x 64 images): MS-SSIM ~3 s (float64, under load), MS-GMSD 0.1-0.2 s,
 MDSI 0.2-0.35 s, HaarPSI 0.1-0.25 s.
 
 Metric families (registered by ``dpmedgen.metrics``): ``iqa_nn`` (each generated image vs its L2-nearest
@@ -181,43 +181,60 @@ def ms_ssim_scales(height: int, width: int) -> int:
     return max(1, min(len(MS_SSIM_BETAS), int(math.floor(math.log2(side / MS_SSIM_COARSEST))) + 1))
 
 
+def _halve_symmetric(img: torch.Tensor) -> torch.Tensor:
+    """Wang et al.'s MS-SSIM downsampling: ``imfilter(img, ones(2) / 4, 'symmetric', 'same')`` then
+    ``(1:2:end, 1:2:end)``, i.e. 2 x 2 block means; an odd last row / column is averaged with its mirror
+    (itself): ceil(H/2) x ceil(W/2)."""
+    if img.shape[-2] % 2 or img.shape[-1] % 2:
+        img = F.pad(img, (0, img.shape[-1] % 2, 0, img.shape[-2] % 2), mode="replicate")
+    return F.avg_pool2d(img, 2)
+
+
 def ms_ssim_values(
     x: ArrayLike, y: ArrayLike, betas: tuple[float, ...] | None = None, chunk: int = _CHUNK
 ) -> torch.Tensor:
-    r"""Multi-scale SSIM (Wang, Simoncelli & Bovik 2003, Asilomar) of each pair, via torchmetrics.
+    r"""Multi-scale SSIM (Wang, Simoncelli & Bovik 2003, Asilomar) of each pair, after the authors' MATLAB
+    ``msssim.m``:
 
-    .. math:: \mathrm{MS\text{-}SSIM} = l_M^{\beta_M} \prod_{j=1}^{M} cs_j^{\beta_j}
+    .. math:: \mathrm{MS\text{-}SSIM} = \overline{\mathrm{SSIM}}_M^{\beta_M} \prod_{j=1}^{M-1} \overline{cs}_j^{\beta_j}
 
-    where :math:`cs_j` is SSIM's contrast-structure term and :math:`l_M` its luminance term, at scale j
-    (scale 1 = the input; each further scale is a 2 x 2 mean-pool of the previous one); Gaussian window
-    11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1.
+    where :math:`\overline{cs}_j` is the mean of SSIM's contrast-structure map and :math:`\overline{\mathrm{SSIM}}_M`
+    the mean SSIM map at the coarsest scale, each averaged over the *valid* region (the pixels whose window
+    lies inside the image; no padding), with the standard SSIM of
+    :func:`dpmedgen.metrics.image_quality.ssim_maps`: Gaussian window 11 x 11, sigma 1.5, K1 = 0.01,
+    K2 = 0.03, data range 1, float64. Scale 1 is the input; each further scale is the previous one's 2 x 2
+    block means (``imfilter(.., ones(2)/4, 'symmetric')`` and every other pixel). This is the convention of
+    the authors' code, piq and pytorch-msssim, not torchmetrics' (reflect padding, full-map means).
 
-    Adaptation to small images. The standard five scales need > 160 px (11 px window at 1/16 resolution),
+    Adaptation to small images. The standard five scales need >= 176 px (11 px window at 1/16 resolution),
     while our images are 32-256 px. We keep the standard window and use only the M finest scales, with
     M = :func:`ms_ssim_scales` (H, W) (the coarsest scale stays >= 16 px as in the standard 256 px setting:
-    64 px -> 3 scales, 32 px -> 2), and the first M of Wang et al.'s weights renormalised to sum 1:
+    32 px -> 2 scales (32 and 16 px; the 16 px scale's valid region is only 6 x 6 windows), 64 px -> 3,
+    128 px -> 4, >= 256 px -> 5), and the first M of Wang et al.'s weights renormalised to sum 1:
     :math:`\beta_j = b_j / \sum_{i \le M} b_i` with b = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Scores are
     therefore comparable between runs at the same image size, not across sizes nor with published values
-    for large images. ``betas`` overrides the weights (and so the number of scales).
+    for large images. Below 32 px M = 1 (plain SSIM); below 11 px it raises ValueError. ``betas``
+    overrides the weights (and so the number of scales); ``betas=(1.0,)`` is plain SSIM.
 
-    Negative SSIM terms are clipped to 0 before the powers (torchmetrics ``normalize="relu"``; otherwise a
-    fractional power of a negative number is undefined), so the range is [0, 1], 1 for identical images.
-
-    Precision. torchmetrics runs in float32 here (its float64 CPU convolutions are ~20x slower). Its
-    variances E[x^2] - E[x]^2 then carry rounding residues of ~1e-8, which against K2^2 = 9e-4 cost up to
-    ~3e-4 of similarity in flat regions of non-zero intensity (a constant 0.3137 image scores 0.99967
-    against itself). Exact copies are therefore set to exactly 1, their true value; other pairs keep this
-    ~1e-4 precision floor.
+    Negative mean SSIM / cs terms are clipped to 0 before the powers (as pytorch-msssim and torchmetrics'
+    ``normalize="relu"``; a fractional power of a negative number is undefined), so the range is [0, 1],
+    1 for identical images.
     """
-    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+    from .image_quality import ssim_maps
 
     def one(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         w = betas
         if w is None:
             m = ms_ssim_scales(a.shape[-2], a.shape[-1])
             w = tuple(v / sum(MS_SSIM_BETAS[:m]) for v in MS_SSIM_BETAS[:m])
-        v = ms_ssim(a.float(), b.float(), data_range=1.0, reduction="none", betas=tuple(w), normalize="relu")
-        return torch.where((a == b).flatten(1).all(dim=1), 1.0, v.to(_DTYPE))
+        out = torch.ones(a.shape[0], dtype=_DTYPE)
+        for j, beta in enumerate(w):
+            if j > 0:
+                a, b = _halve_symmetric(a), _halve_symmetric(b)
+            ssim_map, cs_map = ssim_maps(a, b)
+            term = (ssim_map if j == len(w) - 1 else cs_map).mean(dim=(-2, -1))
+            out = out * term.clamp_min(0.0) ** beta
+        return out
 
     return _chunked(one, x, y, chunk)
 
@@ -457,9 +474,11 @@ _DETAILS = {
     "ms_ssim": (
         True,
         "[0, 1]; 1 = identical",
-        "Wang, Simoncelli & Bovik 2003 (Asilomar); torchmetrics multiscale_structural_similarity_index_measure "
-        "(gaussian 11x11, sigma 1.5, data_range 1, normalize='relu'), scales adapted to small images: the "
-        "finest M = clip(floor(log2(min(H,W)/16)) + 1, 1, 5) of Wang et al.'s five (64 px: 3), weights renormalised",
+        "Wang, Simoncelli & Bovik 2003 (Asilomar); implemented here after the authors' msssim.m: standard SSIM "
+        "(gaussian 11x11, sigma 1.5, data_range 1) averaged over the valid region (no padding), 2x2-mean "
+        "downsampling, negative terms clipped to 0; scales adapted to small images: the finest M = "
+        "clip(floor(log2(min(H,W)/16)) + 1, 1, 5) of Wang et al.'s five (32 px: 2, coarsest 16 px with a 6x6 "
+        "valid region; 64 px: 3), weights renormalised; not comparable across image sizes",
         "Multi-scale SSIM (structure, contrast and luminance across scales)",
     ),
     "ms_gmsd": (
