@@ -69,16 +69,19 @@ def test_sf_and_mg_constant_and_ramps():
     np.testing.assert_allclose(
         sf, [0.0, c * math.sqrt((n - 1) / n), c * math.sqrt((n - 1) / n), c * math.sqrt(2 * (n - 1) / n)], atol=1e-15
     )
-    # MG: sqrt((Gx^2 + Gy^2) / 2) at every pixel
-    np.testing.assert_allclose(mg, [0.0, c / math.sqrt(2), c / math.sqrt(2), c], atol=1e-15)
+    # MG (VIFB): sqrt((Gx^2 + Gy^2) / 2) at every one of the n^2 pixels, divided by (n - 1)^2
+    k = n * n / (n - 1) ** 2
+    np.testing.assert_allclose(mg, [0.0, k * c / math.sqrt(2), k * c / math.sqrt(2), k * c], atol=1e-15)
     np.testing.assert_allclose(fu.spatial_frequency_values(imgs), 255 * sf, rtol=1e-12)
     np.testing.assert_allclose(fu.average_gradient_values(imgs), 255 * mg, rtol=1e-12)
 
 
 def test_sf_and_mg_hand_computed_small_image():
     img = np.array([[0.0, 1, 3], [0, 2, 5], [1, 1, 1]])
-    # forward differences on the top-left 2x2 grid: (gx, gy) = (1, 0), (2, 1), (2, 1), (3, -1)
-    mg = (math.sqrt(0.5) + 2 * math.sqrt(2.5) + math.sqrt(5.0)) / 4
+    # MATLAB gradient (VIFB's AG): Gx = one-sided at the first / last column, central (halved) in the middle
+    gx = np.array([[1, 1.5, 2], [2, 2.5, 3], [0, 0, 0]])
+    gy = np.array([[0, 1, 2], [0.5, 0, -1], [1, -1, -4]])
+    mg = np.sqrt((gx**2 + gy**2) / 2).sum() / 4  # sum over 9 pixels / ((3 - 1) (3 - 1))
     assert fu.average_gradient_values(img, scale=1.0)[0] == pytest.approx(mg, abs=1e-12)
     # row differences 1,2 | 2,3 | 0,0 -> 18; column differences 0,1 | 1,-1 | 2,-4 -> 23; normalised by 3 * 3
     assert fu.spatial_frequency_values(img, scale=1.0)[0] == pytest.approx(math.sqrt((18 + 23) / 9), abs=1e-12)
@@ -98,28 +101,27 @@ def test_mi_of_image_with_itself_is_its_entropy():
     rng = np.random.default_rng(0)
     a = np.rint(_smooth_images(3) * 255) / 255
     b = rng.integers(0, 256, (3, 64, 64)) / 255.0
-    np.testing.assert_allclose(fu.mutual_information_values(a, a), fu.entropy_values(a), atol=1e-10)
+    h_nats = fu.entropy_values(a) * math.log(2)  # EN is in bits, MI in nats
+    np.testing.assert_allclose(fu.mutual_information_values(a, a), h_nats, atol=1e-10)
     # symmetric, and fusion MI with F = A is H(A) + MI(B, A)
     np.testing.assert_allclose(fu.mutual_information_values(a, b), fu.mutual_information_values(b, a), atol=1e-10)
-    np.testing.assert_allclose(
-        fu.fusion_mi_values(a, b, a), fu.entropy_values(a) + fu.mutual_information_values(b, a), atol=1e-10
-    )
+    np.testing.assert_allclose(fu.fusion_mi_values(a, b, a), h_nats + fu.mutual_information_values(b, a), atol=1e-10)
     # a deterministic relabelling of the levels (here 255 - x) keeps all information: MI = H
-    np.testing.assert_allclose(fu.mutual_information_values(a, 1.0 - a), fu.entropy_values(a), atol=1e-10)
+    np.testing.assert_allclose(fu.mutual_information_values(a, 1.0 - a), h_nats, atol=1e-10)
 
 
 def test_mi_of_independent_noise_is_near_zero():
     rng = np.random.default_rng(1)
-    # two levels: plug-in bias ~ 1 / (2 n ln 2) = 2e-4 bits at 64x64
+    # two levels: plug-in bias ~ 1 / (2 n) = 1.2e-4 nats at 64x64
     x, y = (rng.integers(0, 2, (2, 4, 64, 64)) * 1.0)
     mi = fu.mutual_information_values(x, y)
     assert (mi < 0.005).all() and (mi >= 0).all()
-    # 256 levels need many pixels: bias ~ 255^2 / (2 n ln 2) = 0.18 bits at 512x512 (vs H = 8 bits)
+    # 256 levels need many pixels: bias ~ 255^2 / (2 n) = 0.12 nats at 512x512 (vs H = 8 ln 2 = 5.5 nats)
     x, y = rng.integers(0, 256, (2, 1, 512, 512)) / 255.0
     assert fu.mutual_information_values(x, y)[0] < 0.25
     # ... and at 64x64 the documented upward bias is large (not a bug, a property of the estimator)
     x, y = rng.integers(0, 256, (2, 2, 64, 64)) / 255.0
-    assert (fu.mutual_information_values(x, y) > 2.5).all()
+    assert (fu.mutual_information_values(x, y) > 2.5).all()  # ~2.8 nats
 
 
 # --- SCD, CC -------------------------------------------------------------------------------------------
@@ -299,13 +301,21 @@ def test_fusion_family_names_and_values():
         out = fu.FAMILIES["fusion"](ctx)
     expected = [m.name for m in fu.fusion_info(["mri", "pet"])]
     assert list(out) == expected
-    assert len(expected) == len(set(expected)) == 8 + 2 * 4
+    assert len(expected) == len(set(expected)) == 8 + 2 * 4 + 4  # + the four *_n_undefined counts
     assert all(np.isfinite(v) for v in out.values()), out
+    assert {k: v for k, v in out.items() if k.endswith("_n_undefined")} == {
+        "fusion_vif_n_undefined": 0, "fusion_qabf_n_undefined": 0,
+        "fusion_vif_mri_n_undefined": 0, "fusion_vif_pet_n_undefined": 0,
+    }
     assert fu.fusion.requires == ("sources",)
     assert [m.name for m in fu.INFO] == [
         f"fusion_{s}" for s in ("en", "sd", "sf", "mg", "mi", "scd", "vif", "qabf")
     ]
-    assert all(m.family == "fusion" and m.higher_is_better is True for m in fu.fusion_info(["mri", "pet"]))
+    assert all(m.family == "fusion" for m in fu.fusion_info(["mri", "pet"]))
+    assert all(
+        m.higher_is_better is (None if m.name.endswith("_n_undefined") else True)
+        for m in fu.fusion_info(["mri", "pet"])
+    )
     # the per-source values belong to the right source, and the fusion VIF is their sum
     per_source = {"ssim": fu.ssim_values, "psnr": fu.psnr_values, "cc": fu.cc_values, "vif": fu.vif_values}
     for s in ("mri", "pet"):

@@ -88,7 +88,7 @@ METRIC_INFO: dict[str, MetricInfo] = {
             range="(-inf, inf); ~0 for matching distributions (unbiased MMD², can be slightly negative)",
             source=f"torchmetrics KernelInceptionDistance (cubic polynomial kernel) with custom features: {_ENC}",
             description="Kernel distance (unbiased squared MMD) between real-test and generated features, "
-            "mean over 100 random subsets of size min(1000, n_real, n_fake).",
+            "mean over 100 random subsets of size min(1000, n_real // 2, n_fake // 2) drawn without replacement.",
             family="kid_effnetlite0",
         ),
         MetricInfo(
@@ -96,15 +96,19 @@ METRIC_INFO: dict[str, MetricInfo] = {
             higher_is_better=False,
             range="[0, inf)",
             source="torchmetrics KernelInceptionDistance",
-            description="Standard deviation of kid_effnetlite0 over its random subsets (an uncertainty helper, "
-            "not a quality measure).",
+            description="Standard deviation of kid_effnetlite0 over its 100 random subsets of size "
+            "min(1000, n_real // 2, n_fake // 2) (half the smaller set, so the subsets differ; an uncertainty "
+            "helper at that subset size, not a quality measure, and not the standard error of the mean).",
             family="kid_effnetlite0",
         ),
         MetricInfo(
             "ssim_nn",
             higher_is_better=True,
             range="[-1, 1]; 1 = identical",
-            source="torchmetrics structural_similarity_index_measure (gaussian 11x11, sigma 1.5, data_range 1)",
+            source="Wang, Bovik, Sheikh & Simoncelli 2004 (IEEE TIP), standard convention: gaussian 11x11, sigma "
+            "1.5, K 0.01/0.03, data_range 1, SSIM map averaged over the valid region (= scikit-image "
+            "structural_similarity with gaussian_weights, use_sample_covariance=False; not torchmetrics' "
+            "reflect-padded full-map mean); implemented here",
             description="Mean over generated images of SSIM to the nearest (L2 pixel distance) real test image. "
             "Higher = more realistic, but values near 1 suggest memorization.",
             family="ssim_nn",
@@ -156,8 +160,11 @@ def metric_table_markdown(source_names: tuple[str, ...] = ("mri", "pet")) -> str
     lines = ["| metric | family | better | range | source | what |", "|---|---|---|---|---|---|"]
     better = {True: "higher", False: "lower", None: "—"}
     for info in all_metric_info(source_names):
+        direction = better[info.higher_is_better]
+        if info.ideal is not None and info.higher_is_better is not None:  # two-sided (an attack AUC: 0.5)
+            direction = f"closer to {info.ideal:g}"
         lines.append(
-            f"| `{info.name}` | {info.family} | {better[info.higher_is_better]} | {info.range} | {info.source} | {info.description} |"
+            f"| `{info.name}` | {info.family} | {direction} | {info.range} | {info.source} | {info.description} |"
         )
     return "\n".join(lines)
 

@@ -12,12 +12,12 @@ name     what                                    better    source
 EN       entropy of F's 256-bin histogram (bits) higher    Shannon 1948; Roberts, van Aardt & Ahmed 2008 (survey)
 SD       standard deviation of F                 higher    (contrast)
 SF       spatial frequency sqrt(RF² + CF²)        higher    Eskicioglu & Fisher 1995
-MG (AG)  average gradient                        higher    e.g. Cui et al. 2015 (VIFB's AG)
-MI       MI(A,F) + MI(B,F), bits                 higher    Qu, Zhang & Yan 2002
+MG (AG)  average gradient (VIFB's formula)       higher*   Cui et al. 2015; VIFB (Zhang et al. 2020)
+MI       MI(A,F) + MI(B,F), nats                 higher    Qu, Zhang & Yan 2002; VIFB
 SCD      corr(F−B, A) + corr(F−A, B)             higher    Aslantas & Bendes 2015
 VIF      VIF-P(A→F) + VIF-P(B→F)                 higher    Sheikh & Bovik 2006; sum as in fusion benchmarks
 Qabf     edge preservation Q^{AB/F}              higher    Xydeas & Petrović 2000
-SSIM_s   SSIM(F, s), s ∈ {A, B}                  higher    Wang et al. 2004; torchmetrics
+SSIM_s   SSIM(F, s), s ∈ {A, B}                  higher    Wang et al. 2004 (valid-region mean)
 PSNR_s   PSNR(F, s) (dB)                         higher    torchmetrics (data_range 1)
 CC_s     Pearson correlation of F and s          higher    (linear similarity)
 VIF_s    VIF-P of F with s as reference          higher    Sheikh & Bovik 2006; torchmetrics' formula
@@ -27,21 +27,28 @@ Conventions (8-bit, as the fusion literature -- VIFB, Zhang et al. 2020; the Pyt
 CDDFuse/SeAFusion -- computes these on uint8 images):
 
 - Histograms (EN, MI): an image in [0, 1] is quantised to the 256 grey levels ``round(255 x)`` (so 8-bit
-  images stored as k/255 map back exactly to k); probabilities are plug-in frequencies; logs base 2 (bits).
+  images stored as k/255 map back exactly to k); probabilities are plug-in frequencies. EN is in bits
+  (log2), MI in nats (natural log), the units VIFB reports each in (its MI code uses ``log``, as do the
+  SeAFusion/CDDFuse evaluators through sklearn's ``mutual_info_score``).
   Values outside [0, 1] raise ValueError.
 - SD, SF and MG are in 8-bit grey levels by default (``scale=255``: the image is multiplied by 255 first),
   so they are comparable with published tables; pass ``scale=1`` for [0, 1] units. They are linear in
   ``scale``.
 - VIF's model constant (visual noise variance σ_n² = 2) was set for 8-bit images, so VIF runs on 255 x
   (torchmetrics does not rescale by itself: on [0, 1] input the noise term would swamp every signal).
-- SSIM and PSNR use ``data_range = 1`` on the [0, 1] images (scale-free).
+- SSIM and PSNR use ``data_range = 1`` on the [0, 1] images (scale-free). SSIM is the standard convention
+  (Wang et al.'s code, scikit-image, piq: Gaussian 11x11, sigma 1.5, mean over the valid region), not
+  torchmetrics' reflect-padded full-map mean.
 - Qabf is invariant to a common intensity scale.
 - Correlations (CC, SCD) of a constant image with anything are defined as 0 (no linear relation), not NaN.
 
 Metric family ``fusion`` (registered by ``dpmedgen.metrics``; needs ``ctx.sources``, two sources, taken in
 dict order as A = first, B = second) returns the mean over images of every metric; per-source metrics are
-named ``fusion_{metric}_{source}``. NaN values (Qabf of edge-free sources) are left out of the means; a
-metric that is NaN for every image (VIF of images under 41x41) is reported as NaN.
+named ``fusion_{metric}_{source}``. NaN values (Qabf of edge-free sources; VIF with a flat source, whose
+VIF is 0 / 0: it has no information to preserve) are left out of the means and counted in
+``fusion_vif_n_undefined``, ``fusion_vif_{source}_n_undefined`` and ``fusion_qabf_n_undefined`` (images
+whose value is undefined; 0 normally), so that a mean over fewer images is never silent; a metric that is
+NaN for every image (VIF of images under 41x41) is reported as NaN.
 
 Speed (2 shared CPU cores, 1,000 triplets of 64x64): ~3.5 s for everything, of which ~1.8 s is torchmetrics'
 SSIM (two sources); MI ~0.5 s, VIF ~0.5 s, Qabf ~0.5 s, the rest < 0.2 s each.
@@ -75,6 +82,7 @@ __all__ = [
     "fusion_mi_values",
     "fusion_values",
     "fusion_vif_values",
+    "undefined_metric_names",
     "mutual_information_values",
     "psnr_values",
     "qabf_values",
@@ -218,30 +226,43 @@ def spatial_frequency_values(fused: ArrayLike, scale: float = 255.0) -> np.ndarr
 
 
 def average_gradient_values(fused: ArrayLike, scale: float = 255.0) -> np.ndarray:
-    """MG / AG, average gradient: 1/((M-1)(N-1)) sum_{i<M, j<N} sqrt((Gx(i,j)^2 + Gy(i,j)^2) / 2)
+    """MG / AG, average gradient as VIFB computes it (Zhang, Ye & Xiao 2020, ``metricsAvg_gradient.m``; after
+    Cui et al. 2015):
 
-    with forward differences Gx = F(i,j+1) - F(i,j), Gy = F(i+1,j) - F(i,j) (the textbook definition; VIFB's
-    MATLAB code uses ``gradient``, i.e. central differences, which gives slightly different numbers). In units
-    of ``scale`` (default 255). 0 for a constant image; a ramp of step c along one axis gives c / sqrt(2),
-    along both axes c. Higher = sharper.
+    AG = 1/((M-1)(N-1)) sum_{i=1..M} sum_{j=1..N} sqrt((Gx(i,j)^2 + Gy(i,j)^2) / 2)
+
+    for an M x N image, with (Gx, Gy) = MATLAB ``gradient(F)``: central differences (F(i,j+1) - F(i,j-1)) / 2
+    inside, one-sided differences F(i,2) - F(i,1) and F(i,N) - F(i,N-1) on the first and last column (and
+    likewise along rows), summed over all M N pixels but divided by (M-1)(N-1), as VIFB does
+    (``numpy.gradient`` computes the same differences). In units of ``scale`` (default 255, 8-bit grey levels
+    as VIFB's uint8 images). 0 for a constant image; a ramp of step c along one axis gives
+    c / sqrt(2) * MN / ((M-1)(N-1)). Higher = sharper, but AG rewards noise as much as detail (a noisy fusion
+    scores higher than a clean one), so it is not a quality ranking by itself: read it with SD/SF/EN and the
+    reference-based metrics.
     """
     f = _as_batch(fused, "fused") * scale
-    gx = f[:, :-1, 1:] - f[:, :-1, :-1]
-    gy = f[:, 1:, :-1] - f[:, :-1, :-1]
-    return np.sqrt((gx * gx + gy * gy) / 2.0).mean(axis=(1, 2))
+    m, n = f.shape[1], f.shape[2]
+    if m < 2 or n < 2:
+        raise ValueError(f"average gradient needs images of at least 2x2, got {m}x{n}")
+    gy, gx = np.gradient(f, axis=(1, 2))
+    return np.sqrt((gx * gx + gy * gy) / 2.0).sum(axis=(1, 2)) / ((m - 1) * (n - 1))
 
 
 # --- information shared with the sources ---------------------------------------------------------------
 
 
 def mutual_information_values(x: ArrayLike, y: ArrayLike) -> np.ndarray:
-    """MI(X, Y) = H(X) + H(Y) - H(X, Y) in bits, per image pair, from 256-bin (joint 256 x 256) histograms.
+    """MI(X, Y) = H(X) + H(Y) - H(X, Y) in **nats** (natural log), per image pair, from 256-bin (joint
+    256 x 256) histograms.
 
-    Images in [0, 1] are quantised to round(255 x). MI(X, X) = H(X) exactly. The plug-in estimate is biased
-    upwards for small images: about (K_X - 1)(K_Y - 1) / (2 n ln 2) bits for K occupied levels and n pixels
-    when n >> K_X K_Y (Miller 1955); a 64x64 image has fewer pixels (4,096) than joint bins (65,536), so two
-    independent noise images with all 256 levels score ~4 bits, not 0. Compare MI only between runs at the
-    same image size.
+    Nats, as the benchmarks cited compute it: VIFB's ``metricsMutinf.m`` (Zhang, Ye & Xiao 2020) uses
+    ``log``, and the Python evaluators of SeAFusion/CDDFuse use ``sklearn.metrics.mutual_info_score`` (natural
+    log). Multiply by 1 / ln 2 = 1.4427 for bits. Note EN (:func:`entropy_values`) is in bits, so
+    MI(X, X) = ln 2 x EN(X). Images in [0, 1] are quantised to round(255 x) (VIFB first min-max stretches each
+    image to [0, 255]; identical for images that span [0, 1]). The plug-in estimate is biased upwards for
+    small images: about (K_X - 1)(K_Y - 1) / (2 n) nats for K occupied levels and n pixels when n >> K_X K_Y
+    (Miller 1955); a 64x64 image has fewer pixels (4,096) than joint bins (65,536), so two independent noise
+    images with all 256 levels score ~2.8 nats, not 0. Compare MI only between runs at the same image size.
     """
     a, b = _same_shape(("x", x), ("y", y))
     n_pix = a[0].size
@@ -250,13 +271,13 @@ def mutual_information_values(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     for s in range(0, len(la), _JOINT_CHUNK):
         joint = _histograms(la[s : s + _JOINT_CHUNK] * LEVELS + lb[s : s + _JOINT_CHUNK], LEVELS * LEVELS)
         h[s : s + _JOINT_CHUNK] -= _entropy_from_counts(joint, n_pix)
-    return np.maximum(h, 0.0)  # MI >= 0; removes -1e-15 rounding residues
+    return np.maximum(h, 0.0) * math.log(2.0)  # bits -> nats; MI >= 0 (removes -1e-15 rounding residues)
 
 
 def fusion_mi_values(a: ArrayLike, b: ArrayLike, fused: ArrayLike) -> np.ndarray:
-    """Fusion MI (Qu, Zhang & Yan 2002, Electronics Letters 38(7)): MI(A, F) + MI(B, F), bits, 256 bins.
-
-    Range [0, 16]; see :func:`mutual_information_values` for the histogram convention and small-image bias.
+    """Fusion MI (Qu, Zhang & Yan 2002, Electronics Letters 38(7)): MI(A, F) + MI(B, F) in nats, 256 bins, as
+    VIFB reports it. Range [0, 16 ln 2 = 11.09]; see :func:`mutual_information_values` for the unit,
+    histogram convention and small-image bias.
     """
     return mutual_information_values(a, fused) + mutual_information_values(b, fused)
 
@@ -297,15 +318,15 @@ def _torch_chunks(fn, fused: np.ndarray, source: np.ndarray, dtype: torch.dtype)
 
 
 def ssim_values(fused: ArrayLike, source: ArrayLike) -> np.ndarray:
-    """SSIM(F, S) (Wang, Bovik, Sheikh & Simoncelli 2004): torchmetrics structural_similarity_index_measure,
-    gaussian 11x11, sigma 1.5, data_range 1, per image. Range [-1, 1]; 1 = identical. Runs in float32
-    (float64 CPU convolutions are far slower; identical images still give exactly 1)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    """SSIM(F, S) (Wang, Bovik, Sheikh & Simoncelli 2004), standard convention, per image: gaussian window
+    11x11, sigma 1.5, K1 0.01, K2 0.03, data_range 1, SSIM map averaged over the valid region (no padding),
+    as scikit-image ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
+    (see :func:`dpmedgen.metrics.image_quality.ssim_values`; not torchmetrics' reflect-padded full-map mean).
+    Range [-1, 1]; 1 = identical. Float64."""
+    from .image_quality import ssim_values as _ssim
 
     f, s = _same_shape(("fused", fused), ("source", source))
-    return _torch_chunks(
-        lambda x, y: structural_similarity_index_measure(x, y, data_range=1.0, reduction="none"), f, s, torch.float32
-    )
+    return _ssim(f, s).numpy()
 
 
 def psnr_values(fused: ArrayLike, source: ArrayLike) -> np.ndarray:
@@ -391,7 +412,9 @@ def vif_values(fused: ArrayLike, source: ArrayLike) -> np.ndarray:
     a contrast-enhanced F.
 
     Images smaller than 41x41 (``VIF_MIN_SIZE``, torchmetrics' limit: the filtering chain runs out of pixels)
-    get NaN, with a warning, instead of an error: the family still reports the other metrics.
+    get NaN, with a warning, instead of an error: the family still reports the other metrics. A flat
+    (constant) source S also gives NaN: the denominator, S's own information, is 0 (0 / 0); the ``fusion``
+    family leaves such images out of its mean and counts them in ``*_n_undefined``.
     """
     f, s = _same_shape(("fused", fused), ("source", source))
     if min(f.shape[1:]) < VIF_MIN_SIZE:
@@ -507,22 +530,37 @@ def fusion_values(
 
 
 def _mean(values: np.ndarray) -> float:
-    """Mean over images ignoring NaN (Qabf of edge-free sources); NaN if every value is NaN (tiny images' VIF)."""
+    """Mean over images ignoring NaN (undefined: Qabf of edge-free sources, VIF of a flat source); NaN if every
+    value is NaN (tiny images' VIF). How many were left out is reported by ``*_n_undefined``."""
     finite_or_inf = values[~np.isnan(values)]
     return float(finite_or_inf.mean()) if len(finite_or_inf) else float("nan")
+
+
+def undefined_metric_names(source_names: tuple[str, str] | list[str]) -> list[str]:
+    """The fusion metrics that can be undefined (NaN) for an image: each gets a ``{name}_n_undefined`` count."""
+    return ["fusion_vif", "fusion_qabf"] + [f"fusion_vif_{s}" for s in source_names]
 
 
 @requires("sources")
 def fusion(ctx: "EvalContext") -> dict[str, float]:
     """Fusion runs: mean over fused images of EN, SD, SF, MG, MI, SCD, VIF, Qabf and per-source SSIM/PSNR/CC/VIF.
 
-    Sources are ``ctx.sources`` in dict order: A = first, B = second (exactly two are needed).
+    Sources are ``ctx.sources`` in dict order: A = first, B = second (exactly two are needed). Images on which
+    VIF or Qabf is undefined (NaN: a flat source, an edge-free pair, images under 41x41 for VIF) are left out
+    of those means, and counted, explicitly, in ``{metric}_n_undefined`` (0 in the normal case).
     """
     names = list(ctx.sources)
     if len(names) != 2:
         raise ValueError(f"fusion metrics need exactly two source images per fused image; got sources {names}")
     values = fusion_values(ctx.sources[names[0]], ctx.sources[names[1]], ctx.fake, (names[0], names[1]))
-    return {name: _mean(v) for name, v in values.items()}
+    out = {name: _mean(v) for name, v in values.items()}
+    for name in undefined_metric_names(names):
+        n_nan = int(np.isnan(values[name]).sum())
+        out[f"{name}_n_undefined"] = float(n_nan)
+        if 0 < n_nan < len(values[name]):
+            warnings.warn(f"{name}: undefined (NaN) for {n_nan} of {len(values[name])} images, left out of the mean",
+                          stacklevel=2)
+    return out
 
 
 # --- metric descriptions ------------------------------------------------------------------------------
@@ -560,18 +598,23 @@ INFO: list[MetricInfo] = [
     MetricInfo(
         "fusion_mg",
         higher_is_better=True,
-        range=f"[0, 255) in {_8BIT}",
-        source="average gradient (AG), e.g. Cui et al. 2015 (Opt. Commun.); implemented here with forward "
-        "differences (VIFB uses central differences)",
-        description="Mean over fused images of the average gradient mean sqrt((Gx² + Gy²)/2) (sharpness).",
+        range=f"[0, 255 M N / ((M-1)(N-1))) in {_8BIT} (64 px: 263)",
+        source="average gradient (AG), Cui et al. 2015 (Opt. Commun.), as VIFB computes it (Zhang, Ye & Xiao "
+        "2020, metricsAvg_gradient.m): MATLAB gradient (central differences, one-sided at the border), "
+        "sum over all M N pixels / ((M-1)(N-1)); implemented here",
+        description="Mean over fused images of the average gradient sum sqrt((Gx² + Gy²)/2) / ((M-1)(N-1)) "
+        "(sharpness). Noise raises it as much as detail does (a noisy fusion scores high): not a quality "
+        "ranking by itself.",
         family="fusion",
     ),
     MetricInfo(
         "fusion_mi",
         higher_is_better=True,
-        range="[0, 16] bits; plug-in estimate biased upwards at small sizes (independent 64x64 noise: ~4)",
+        range="[0, 16 ln 2 = 11.09] nats; plug-in estimate biased upwards at small sizes (independent 64x64 "
+        "noise: ~2.8)",
         source="Qu, Zhang & Yan 2002 (Electron. Lett.); implemented here, 256x256-bin joint histograms of "
-        "round(255 x)",
+        "round(255 x), natural log (nats) as VIFB's metricsMutinf.m and sklearn mutual_info_score (SeAFusion/"
+        "CDDFuse evaluators); x 1.4427 for bits",
         description="Mean over fused images of MI(A, F) + MI(B, F): information of both sources present in the "
         "fused image. Compare only at equal image size.",
         family="fusion",
@@ -612,7 +655,9 @@ _PER_SOURCE = {
     "ssim": (
         True,
         "[-1, 1]; 1 = identical",
-        "Wang et al. 2004; torchmetrics structural_similarity_index_measure (gaussian 11x11, sigma 1.5, data_range 1)",
+        "Wang et al. 2004, standard convention: gaussian 11x11, sigma 1.5, K 0.01/0.03, data_range 1, mean over "
+        "the valid region (= scikit-image structural_similarity with gaussian_weights, use_sample_covariance="
+        "False; not torchmetrics' reflect-padded full map)",
         "SSIM of the fused image to",
     ),
     "psnr": (
@@ -638,8 +683,9 @@ _PER_SOURCE = {
 
 
 def fusion_info(source_names: list[str] | tuple[str, ...]) -> list[MetricInfo]:
-    """MetricInfo of every name the ``fusion`` family returns for these (two) sources: ``INFO`` + per source."""
-    return list(INFO) + [
+    """MetricInfo of every name the ``fusion`` family returns for these (two) sources: ``INFO`` + per source +
+    the ``*_n_undefined`` counts."""
+    per_source = [
         MetricInfo(
             f"fusion_{stem}_{s}",
             higher_is_better=hib,
@@ -651,6 +697,21 @@ def fusion_info(source_names: list[str] | tuple[str, ...]) -> list[MetricInfo]:
         for s in source_names
         for stem, (hib, rng, src, what) in _PER_SOURCE.items()
     ]
+    undefined = [
+        MetricInfo(
+            f"{name}_n_undefined",
+            higher_is_better=None,
+            range="[0, n_fake] images; 0 normally",
+            source="count of NaN values; implemented here",
+            description=f"Number of fused images on which {name} is undefined (NaN: "
+            + ("no edge in either source, 0 / 0" if name == "fusion_qabf" else
+               "a flat source, whose VIF is 0 / 0, or images under 41x41")
+            + f") and which {name}'s mean therefore leaves out.",
+            family="fusion",
+        )
+        for name in undefined_metric_names(list(source_names))
+    ]
+    return list(INFO) + per_source + undefined
 
 
 FAMILIES = {"fusion": fusion}
