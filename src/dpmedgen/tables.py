@@ -15,9 +15,9 @@ values of a column line up, and the sd uses the same decimals as its mean. One s
 cell with fewer seeds than the table's maximum is marked with its seed count ``(n=k)``. Bold marks the best
 displayed (rounded) value of each column among the generative-model rows (ties all bold; the real-data reference
 is never bold), using ``METRIC_INFO``'s ``higher_is_better`` (or, for a metric with an ``ideal`` value such as an
-attack AUC's 0.5, the smallest distance from it) (no bold where it is None or the metric is unknown,
-when fewer than two rows have a value, or when all of them tie). Privacy table: ε, noise scales and q with 3
-significant digits (integers ≥ 100 in full), δ in scientific notation.
+attack AUC's 0.5, the smallest distance from it; its header then shows "→ 0.5", not an arrow up or down) (no
+bold where it is None or the metric is unknown, when fewer than two rows have a value, or when all of them tie).
+Privacy table: ε, noise scales and q with 3 significant digits (integers ≥ 100 in full), δ in scientific notation.
 
 LaTeX output needs ``booktabs`` (and ``graphicx`` for the default ``\\resizebox``).
 """
@@ -287,7 +287,7 @@ _LATEX_SPECIAL = {
 _LATEX_UNICODE = {
     "ε": r"$\varepsilon$", "δ": r"$\delta$", "σ": r"$\sigma$", "±": r"$\pm$", "×": r"$\times$", "∞": r"$\infty$",
     "†": r"$^\dagger$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--", "—": "---", "≥": r"$\geq$",
-    "≤": r"$\leq$", "·": r"$\cdot$", "√": r"$\surd$", "⁻": "-",
+    "≤": r"$\leq$", "→": r"$\to$", "·": r"$\cdot$", "√": r"$\surd$", "⁻": "-",
 }
 
 
@@ -407,12 +407,14 @@ def _main_cells(table: pd.DataFrame, fmt: _Fmt, metric_info: Mapping[str, Any]) 
         n = table[(m, "n")].to_numpy(dtype=int)
         d = column_decimals(mean)
         hib = _direction(m, metric_info)
+        ideal = getattr(metric_info.get(m), "ideal", None)
         arrow = {True: " " + fmt.up, False: " " + fmt.down, None: ""}[hib]
+        if ideal is not None and hib is not None:  # two-sided: "→ 0.5", never "↓" (0.31 is not better than 0.5)
+            arrow = " " + fmt.escape(f"→ {ideal:g}")
         header.append(fmt.code(m) + arrow)
         shown = np.array([round(v, d) if np.isfinite(v) else v for v in mean])
         eligible = ~is_ref & ~np.isnan(mean) & (n > 0)
         best = np.zeros(len(mean), dtype=bool)
-        ideal = getattr(metric_info.get(m), "ideal", None)
         # a metric with an ideal value (an attack AUC of 0.5) ranks by its distance from it: 0.31 is not
         # "more private" than 0.5, it leaks as much as 0.69
         score = -np.abs(shown - ideal) if ideal is not None else (shown if hib else -shown)
@@ -492,7 +494,8 @@ def _main_caption(table: pd.DataFrame, fmt: _Fmt) -> str:
         eps += f" at {delta}"
     parts = [
         f"{esc(str(a.get('dataset', '')))}: rows are generative model {esc('×')} privacy technique {esc('×')} {eps}; "
-        f"columns are metrics ({fmt.up} higher is better, {fmt.down} lower is better, no arrow: neither)",
+        f"columns are metrics ({fmt.up} higher is better, {fmt.down} lower is better, {esc('→')} x: closest to x is "
+        "best, as an attack AUC's 0.5; no arrow: neither)",
         seeds,
         f"{fmt.bold_text('bold')} = best value per column among the generative models (ties all bold)",
     ]

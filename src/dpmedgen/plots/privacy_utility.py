@@ -39,6 +39,9 @@ def _ylabel(metric: str, metric_info: Mapping[str, Any]) -> str:
     info = metric_info.get(metric)
     if info is None or info.higher_is_better is None:  # a count, a bound or a two-sided quantity: no direction
         return metric
+    ideal = getattr(info, "ideal", None)
+    if ideal is not None:  # an attack AUC: 0.31 leaks as much as 0.69, so neither "lower" nor "higher" is better
+        return f"{metric}\n→ {ideal:g} is best (distance from it)"
     better = "↑ higher is better" if info.higher_is_better else "↓ lower is better"
     return f"{metric}\n{better}"
 
