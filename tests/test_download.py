@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import zipfile
 
@@ -254,3 +255,120 @@ def test_download_overrides_are_checked(toy_dataset):
         resolve_remote_files(source, {"toy.tar.gz": {"size": 3}})
     (mirror,) = resolve_remote_files(source, {"toy.tar.gz": {"sha256": "a" * 64}})
     assert mirror.sha256 == "a" * 64 and mirror.url == "https://example.invalid/toy.tar.gz"
+
+
+# ------------------------------------------------------------------ transfers that cannot be trusted (issue #22)
+
+
+@pytest.mark.parametrize("behaviour", ["no_length", "no_length_truncate"])
+def test_a_body_of_unknown_length_is_never_recorded(tmp_path, behaviour):
+    """Without Content-Length a transfer cut short looks complete: with no published checksum nothing is
+    recorded (and nothing kept); with one, the checksum decides."""
+    with serve({"a.bin": PAYLOAD}) as srv:
+        srv.behaviour["a.bin"] = behaviour
+        with pytest.raises(DownloadError, match=r"a\.bin: .* without a length .*Nothing was recorded.*sha256"):
+            fetch(RemoteFile("a.bin", srv.url("a.bin")), tmp_path, progress=False)
+        assert not (tmp_path / "checksums.json").exists() and not (tmp_path / "a.bin").exists()
+        assert leftovers(tmp_path) == []
+        if behaviour == "no_length":
+            assert fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False).read_bytes() == PAYLOAD
+        else:
+            with pytest.raises(DownloadError, match="does not match the published sha256"):
+                fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False)
+
+
+def test_a_chunked_body_establishes_its_own_end_and_is_recorded(tmp_path):
+    with serve({"a.bin": PAYLOAD}) as srv:
+        srv.behaviour["a.bin"] = "chunked"
+        fetch(RemoteFile("a.bin", srv.url("a.bin")), tmp_path, progress=False)
+    assert json.loads((tmp_path / "checksums.json").read_text())["a.bin"]["sha256"] == SHA
+
+
+@pytest.mark.parametrize("stale", ["longer", "spliced"])
+def test_a_part_file_without_a_checksum_is_never_resumed(tmp_path, stale):
+    """A stale .part larger than the file, or one left by an older version of a changed file, would be
+    completed (or taken as complete) and recorded as the trusted checksum: it is discarded instead."""
+    old = np.random.default_rng(1).bytes(len(PAYLOAD))
+    (tmp_path / "a.bin.part").write_bytes(PAYLOAD + b"extra" if stale == "longer" else old[:100_000])
+    with serve({"a.bin": PAYLOAD}) as srv:
+        path = fetch(RemoteFile("a.bin", srv.url("a.bin")), tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD and srv.requests == [("/a.bin", None)]  # from zero, no Range
+    assert json.loads((tmp_path / "checksums.json").read_text())["a.bin"]["sha256"] == SHA
+
+
+def test_a_stale_part_larger_than_a_checked_file_starts_over(tmp_path):
+    (tmp_path / "a.bin.part").write_bytes(PAYLOAD + b"extra")
+    with serve({"a.bin": PAYLOAD}) as srv:
+        path = fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD and srv.requests == [("/a.bin", f"bytes={len(PAYLOAD) + 5}-"), ("/a.bin", None)]
+
+
+@pytest.mark.parametrize("body", [b"<!DOCTYPE html><html><body>Sign in</body></html>",
+                                  b"\n  <html><head><title>404</title></head></html>",
+                                  b"<!-- error --><html>Quota exceeded</html>"])
+def test_an_html_body_is_refused_whatever_its_content_type(tmp_path, body):
+    with serve({"a.zip": body}) as srv:  # served as application/octet-stream
+        with pytest.raises(DownloadError, match=r"a\.zip: .*HTML page instead of the file"):
+            fetch(RemoteFile("a.zip", srv.url("a.zip")), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []  # nothing kept or recorded
+
+
+def test_a_trickling_server_meets_the_overall_deadline(tmp_path, monkeypatch):
+    import time
+
+    with serve({"a.bin": PAYLOAD[:10_000]}) as srv:
+        srv.behaviour["a.bin"] = "trickle"  # one byte every 20 ms: 200 s for the file, each read well within timeout
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"a\.bin: .* did not finish within its deadline .*DPMEDGEN_DOWNLOAD_DEADLINE_S"):
+            fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False, deadline_s=1.0)
+        assert time.monotonic() - start < 10
+        monkeypatch.setenv("DPMEDGEN_DOWNLOAD_DEADLINE_S", "0.5")  # the same limit from the environment
+        with pytest.raises(DownloadError, match="deadline"):
+            fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False)
+        monkeypatch.setenv("DPMEDGEN_DOWNLOAD_DEADLINE_S", "soon")
+        with pytest.raises(DownloadError, match="DPMEDGEN_DOWNLOAD_DEADLINE_S='soon'"):
+            fetch(RemoteFile("a.bin", srv.url("a.bin"), sha256=SHA), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("ledger", ['{"a.bin": {"size": 3}}', '{"a.bin": {"sha256": "xyz"}}', '{"a.bin": "abc"}', "[1, 2]"])
+def test_a_malformed_checksum_ledger_is_a_clear_error_naming_it(tmp_path, ledger):
+    (tmp_path / "checksums.json").write_text(ledger)
+    with serve({"a.bin": PAYLOAD}) as srv, pytest.raises(DownloadError) as err:
+        fetch(RemoteFile("a.bin", srv.url("a.bin")), tmp_path, progress=False)
+    assert str(tmp_path / "checksums.json") in str(err.value) and ("sha256" in str(err.value) or "object" in str(err.value))
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_a_full_disk_while_unpacking_keeps_the_verified_archive_and_its_checksum(tmp_path, monkeypatch):
+    import errno
+
+    good = _tar_gz({"set/a.txt": b"A" * 50_000})
+    with serve({"set.tar.gz": good}) as srv:
+        remote = RemoteFile("set.tar.gz", srv.url("set.tar.gz"), unpack=True)
+        archive = fetch(remote, tmp_path, progress=False)
+
+        def full(self, tarinfo, targetpath):
+            raise OSError(errno.ENOSPC, "No space left on device", targetpath)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(tarfile.TarFile, "makefile", full)
+            with pytest.raises(DownloadError, match=r"set\.tar\.gz: unpacking failed for a reason of this machine.*kept"):
+                unpack(archive, remote)
+        assert archive.read_bytes() == good and "set.tar.gz" in json.loads((tmp_path / "checksums.json").read_text())
+        assert leftovers(tmp_path) == [] and not (tmp_path / "set").exists()
+        assert (unpack(fetch(remote, tmp_path, progress=False), remote) / "set" / "a.txt").read_bytes() == b"A" * 50_000
+        assert len(srv.requests) == 1  # the kept archive was reused, not downloaded again
+
+
+@pytest.mark.parametrize("name,make", [("bomb.tar.gz", _tar_gz), ("bomb.zip", _zip)])
+def test_unpacking_is_capped_against_decompression_bombs(tmp_path, monkeypatch, name, make):
+    archive = tmp_path / name
+    archive.write_bytes(make({"bomb/zeros.bin": bytes(20_000_000)}))  # ~20 kB that unpack to 20 MB
+    with pytest.raises(DownloadError, match=rf"{re.escape(name)}: would unpack to more than 1,000,000 bytes"):
+        unpack(archive, max_bytes=1_000_000)
+    assert archive.exists() and leftovers(tmp_path) == [] and not (tmp_path / "bomb").exists()
+    monkeypatch.setenv("DPMEDGEN_MAX_UNPACKED_BYTES", "1e6")
+    with pytest.raises(DownloadError, match="would unpack to more than"):
+        unpack(archive)
+    monkeypatch.delenv("DPMEDGEN_MAX_UNPACKED_BYTES")
+    assert (unpack(archive) / "bomb" / "zeros.bin").stat().st_size == 20_000_000  # under the default caps

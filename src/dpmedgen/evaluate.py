@@ -21,7 +21,7 @@ from dpmedgen.data.canary import canary_patients
 from dpmedgen.data.schema import ImageSet, read_image_set
 from dpmedgen.data.split import read_splits, select_split
 from dpmedgen.generate import FUSED
-from dpmedgen.io import write_atomic, write_parquet
+from dpmedgen.io import load_torch, verify_zip, write_atomic, write_parquet
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
 from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, LabelledSplits, downstream_utility
@@ -100,7 +100,7 @@ def evaluate_run(
     (fake_modality, fake_pixels), = fake.modalities.items()  # the trained modality, or "fused" for fusion
     features = None
     if real_features_file is not None:
-        cached = torch.load(real_features_file, weights_only=True)
+        cached = load_torch(real_features_file)
         if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
             raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
         features = cached["features"]
@@ -110,6 +110,7 @@ def evaluate_run(
     if checkpoint is not None:
         from dpmedgen.train.run import load_model
 
+        verify_zip(checkpoint)  # CRC-32s: torch.load does not check them
         model, state = load_model(checkpoint)
     if fake_modality == FUSED:
         if model is None:

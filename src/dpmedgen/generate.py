@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dpmedgen.data.schema import ImageSet, write_image_set
+from dpmedgen.io import verify_zip
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, read_ledger
 from dpmedgen.privacy.randomness import check_randomness, new_secret, stream_seed
@@ -44,6 +45,7 @@ def generate_samples(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
     torch.set_num_threads(threads)
+    verify_zip(checkpoint)  # CRC-32s: torch.load does not check them
     model, state = load_model(checkpoint)
     rng = torch.Generator().manual_seed(int(seed))
     if model.kind == "fusion":

@@ -9,13 +9,18 @@ path (no leading slash) to bytes or to a file path. Behaviours per path (``serve
 - ``"gdrive"``: Google Drive's large-file flow: without ``confirm`` in the query, answer with the HTML
   "can't scan this file for viruses" page whose form leads to ``/download?id=...&confirm=t&uuid=...``;
 - ``"gdrive_loop"``: as ``"gdrive"``, but the form's target answers with the warning page again (quota);
-- ``"gdrive_cookie"``: the older flow: a ``download_warning_*`` cookie and a page without a form.
+- ``"gdrive_cookie"``: the older flow: a ``download_warning_*`` cookie and a page without a form;
+- ``"no_length"`` / ``"no_length_truncate"``: no Content-Length (the body ends when the connection closes),
+  the whole file or its first half;
+- ``"chunked"``: chunked transfer encoding (HTTP/1.1), the whole file;
+- ``"trickle"``: the file one byte every 20 ms (each read well inside any per-read timeout).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -67,7 +72,35 @@ class LocalServer:
                     if query.get("confirm") != ["XyZ12"] or "download_warning_1_abc=XyZ12" not in (self.headers.get("Cookie") or ""):
                         return self._send_html("<html><body>Virus scan warning</body></html>",
                                                cookie="download_warning_1_abc=XyZ12; Path=/")
+                if behaviour in ("no_length", "no_length_truncate", "chunked", "trickle"):
+                    return self._send_special(name, behaviour)
                 self._send_file(name, ignore_range=behaviour == "ignore_range", truncate=behaviour == "truncate")
+
+            def _send_special(self, name, behaviour):
+                data = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                if behaviour == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif behaviour == "trickle":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    if behaviour == "chunked":
+                        for i in range(0, len(data), 50_000):
+                            piece = data[i : i + 50_000]
+                            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                        self.wfile.write(b"0\r\n\r\n")
+                    elif behaviour == "trickle":
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.02)
+                    else:
+                        self.wfile.write(data[: len(data) // 2] if behaviour == "no_length_truncate" else data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline)
+                    pass
 
             def _send_html(self, page, cookie=None):
                 body = page.encode()

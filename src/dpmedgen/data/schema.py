@@ -131,5 +131,5 @@ def read_image_set(path: str | os.PathLike, modalities: list[str] | None = None)
                 dataset=str(f.attrs.get("dataset", "")),
                 provenance=json.loads(f.attrs.get("provenance", "{}")),
             )
-    except (KeyError, OSError) as err:
+    except (KeyError, OSError, ValueError) as err:  # ValueError: a garbled attribute (JSON) or dataset
         raise SchemaError(f"{path}: not a valid dpmedgen image file ({err})") from err

@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
-from dpmedgen.io import write_text
+from dpmedgen.io import read_json, write_text
 
 REQUIRED = ("mechanism", "guarantee", "unit", "adjacency", "epsilon_spent", "epsilon_target", "delta")
 
@@ -125,6 +124,8 @@ def write_ledger(path: str | os.PathLike, ledger: dict[str, Any]) -> None:
 
 
 def read_ledger(path: str | os.PathLike) -> dict[str, Any]:
-    ledger = json.loads(Path(path).read_text())
+    ledger = read_json(path)  # a truncated file fails naming it
+    if not isinstance(ledger, dict):
+        raise LedgerError(f"{path}: a ledger is a JSON object, found {type(ledger).__name__}; delete it and rerun")
     validate_ledger(ledger, str(path))
     return ledger
