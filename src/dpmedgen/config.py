@@ -190,6 +190,7 @@ def check_config(config: dict[str, Any]) -> None:
     _check_models_build(config)
     _check_devices(config)
     _check_cohorts(config)
+    _check_pretraining(config)
     if _running_workflow() is not None:
         hold_results_lock(config)
 
@@ -744,9 +745,45 @@ def runs(config: dict[str, Any]) -> list[RunSpec]:
     missing = set(missing_modalities(config))
     return [
         RunSpec(dataset=d, model=m, privacy=p, epsilon=e, seed=int(s))
-        for d, m, (p, e), s in itertools.product(config["datasets"], config["models"], privacy, config["seeds"])
+        for d, m, (p, e), s in itertools.product(studied_datasets(config), config["models"], privacy, config["seeds"])
         if MODELS.get(m).kind in PRIVACY_MODES.get(p).supported_kinds and (d, m) not in missing
     ]
+
+
+def studied_datasets(config: dict[str, Any]) -> list[str]:
+    """The datasets the grid runs on: every `datasets` entry but the `public` ones (pretraining data only)."""
+    return [d for d, entry in config["datasets"].items() if not entry.get("public", False)]
+
+
+def pretrain_source(config: dict[str, Any], dataset: str) -> str | None:
+    """The public dataset whose pretrained weights every run on `dataset` starts from (`pretrain_on`), or None."""
+    return config["datasets"][dataset].get("pretrain_on")
+
+
+def pretrain_settings(config: dict[str, Any]) -> dict[str, int]:
+    """`pretrain` with its defaults."""
+    return {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {})
+
+
+def _check_pretraining(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    if not studied_datasets(config):
+        raise ConfigError("config key datasets: every dataset is `public: true`; the study needs one to run on")
+    for name, entry in datasets.items():
+        source = entry.get("pretrain_on")
+        if source is None:
+            continue
+        key = f"datasets.{name}.pretrain_on"
+        if entry.get("public", False):
+            raise ConfigError(f"config key {key}: a public dataset is not studied, so it is not pretrained on another")
+        if source not in datasets or not datasets[source].get("public", False):
+            public = [d for d, e in datasets.items() if e.get("public", False)]
+            raise ConfigError(f"config key {key}: {source!r} is not a dataset with `public: true`; public datasets: {public}")
+        if datasets[source]["modality"] != entry["modality"]:
+            raise ConfigError(
+                f"config key {key}: {source!r} has modality {datasets[source]['modality']!r}, "
+                f"{name!r} trains on {entry['modality']!r}; pretrain on the same modality"
+            )
 
 
 def dataset_source(config: dict[str, Any], dataset: str) -> str:
