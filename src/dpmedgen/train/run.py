@@ -50,11 +50,6 @@ def load_split_images(
     return TrainingData(images=pixels, patient_ids=part.patient_id, labels=part.label.astype(np.int64))
 
 
-def load_training_data(images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modality: str) -> TrainingData:
-    """The train split's images of one modality, scaled to [-1, 1], shape (N, 1, H, W)."""
-    return load_split_images(images_h5, splits_parquet, (modality,))
-
-
 def build_model(name: str, image_size: int, params: dict[str, Any]) -> GenerativeModel:
     return MODELS.get(name)(image_size=image_size, **params)
 
@@ -312,4 +307,3 @@ def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel | ClassMi
     return model, state
 
 
-load_generator = load_model  # the name used before models other than GANs existed
