@@ -24,6 +24,6 @@ rule pretrain:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),
         train=lambda w: train_settings(config, w.model),
-        pretrain=pretrain_settings(config),
+        pretrain=lambda w: pretrain_settings(config, w.model),
     script:
         "../workflow_scripts/pretrain.py"

@@ -98,3 +98,12 @@ def test_public_datasets_have_no_runs_and_pretrain_on_must_name_one():
         _check_pretraining(_config(public=True, modality="pet"))
     with pytest.raises(ConfigError, match="config key datasets: every dataset"):
         _check_pretraining({"datasets": {"open": {"modality": "mri", "public": True}}})
+
+
+def test_pretrain_settings_take_the_model_overrides():
+    from dpmedgen.config import model_params, pretrain_settings
+
+    config = {"pretrain": {"steps": 800}, "models": {"ddpm": {"sampling_steps": 5, "pretrain": {"steps": 400}}, "dcgan": {}}}
+    assert pretrain_settings(config, "ddpm") == {"steps": 400, "seed": 0}
+    assert pretrain_settings(config, "dcgan") == {"steps": 800, "seed": 0}
+    assert model_params(config, "ddpm") == {"sampling_steps": 5}

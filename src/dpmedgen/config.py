@@ -225,7 +225,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         accepted = set(inspect.signature(MODELS.get(name).__init__).parameters) - {"self", "image_size"}
         unknown = sorted(set(model_params(config, name)) - accepted)
         if unknown:
-            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`)")
+            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`, `pretrain`)")
         try:
             train_settings(config, name)
         except (TypeError, ValueError) as err:
@@ -234,7 +234,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
     grid = runs(config)
-    for name in config["datasets"]:
+    for name in studied_datasets(config):
         lacking = {m: x for (d, m), x in missing_modalities(config).items() if d == name}
         if lacking and not any(r.dataset == name for r in grid):
             raise ConfigError(f"config key datasets.{name}: no model of the study can train on it (the models lack "
@@ -760,9 +760,10 @@ def pretrain_source(config: dict[str, Any], dataset: str) -> str | None:
     return config["datasets"][dataset].get("pretrain_on")
 
 
-def pretrain_settings(config: dict[str, Any]) -> dict[str, int]:
-    """`pretrain` with its defaults."""
-    return {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {})
+def pretrain_settings(config: dict[str, Any], model: str) -> dict[str, int]:
+    """`pretrain` with its defaults and the model's overrides (`models.<model>.pretrain`)."""
+    override = dict((config["models"].get(model) or {}).get("pretrain") or {})
+    return {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {}) | override
 
 
 def _check_pretraining(config: dict[str, Any]) -> None:
@@ -784,6 +785,11 @@ def _check_pretraining(config: dict[str, Any]) -> None:
                 f"config key {key}: {source!r} has modality {datasets[source]['modality']!r}, "
                 f"{name!r} trains on {entry['modality']!r}; pretrain on the same modality"
             )
+        missing = missing_modalities(config)
+        for model in sorted({r.model for r in runs(config) if r.dataset == name}):
+            if (source, model) in missing:
+                raise ConfigError(f"config key {key}: model {model!r} needs modalities {missing[(source, model)]} "
+                                  f"that the public dataset {source!r} does not have")
 
 
 def dataset_source(config: dict[str, Any], dataset: str) -> str:
@@ -835,6 +841,7 @@ def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
     """Constructor parameters of `model` (`models.<model>` in config, without its `train` overrides)."""
     params = dict(config["models"].get(model) or {})
     params.pop("train", None)
+    params.pop("pretrain", None)
     return params
 
 
