@@ -23,7 +23,6 @@ rule pretrain:
         public_dataset=lambda w: pretrain_source(config, w.dataset),
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),
-        train=lambda w: train_settings(config, w.model),
         pretrain=lambda w: pretrain_settings(config, w.model),
     script:
         "../workflow_scripts/pretrain.py"

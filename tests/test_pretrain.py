@@ -103,7 +103,9 @@ def test_public_datasets_have_no_runs_and_pretrain_on_must_name_one():
 def test_pretrain_settings_take_the_model_overrides():
     from dpmedgen.config import model_params, pretrain_settings
 
-    config = {"pretrain": {"steps": 800}, "models": {"ddpm": {"sampling_steps": 5, "pretrain": {"steps": 400}}, "dcgan": {}}}
-    assert pretrain_settings(config, "ddpm") == {"steps": 400, "seed": 0}
-    assert pretrain_settings(config, "dcgan") == {"steps": 800, "seed": 0}
+    config = {"pretrain": {"steps": 800}, "train": {"steps": 200, "batch_size": 256, "lr": {"generator": 1e-3}},
+              "models": {"ddpm": {"sampling_steps": 5, "pretrain": {"steps": 400}, "train": {"batch_size": 64}}, "dcgan": {}}}
+    assert pretrain_settings(config, "ddpm") == {"steps": 400, "seed": 0, "train": {"batch_size": 64, "lr": {"generator": 1e-3}}}
+    # the run's own step count is not among them: changing train.steps does not pretrain again
+    assert pretrain_settings(config, "dcgan") == {"steps": 800, "seed": 0, "train": {"batch_size": 256, "lr": {"generator": 1e-3}}}
     assert model_params(config, "ddpm") == {"sampling_steps": 5}

@@ -11,7 +11,7 @@ pretrain(
     modality=snakemake.params.modality,
     public_dataset=snakemake.params.public_dataset,
     steps=snakemake.params.pretrain["steps"],
-    train=dict(snakemake.params.train) | {"threads": snakemake.threads},
+    train=dict(snakemake.params.pretrain["train"]) | {"threads": snakemake.threads},
     seed=snakemake.params.pretrain["seed"],
     out=snakemake.output[0],
 )

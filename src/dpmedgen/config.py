@@ -760,10 +760,18 @@ def pretrain_source(config: dict[str, Any], dataset: str) -> str | None:
     return config["datasets"][dataset].get("pretrain_on")
 
 
-def pretrain_settings(config: dict[str, Any], model: str) -> dict[str, int]:
-    """`pretrain` with its defaults and the model's overrides (`models.<model>.pretrain`)."""
+#: The training settings a pretraining uses (its steps and seed are `pretrain`'s): changing the others, e.g.
+#: `train.steps`, does not pretrain again.
+PRETRAIN_TRAIN_KEYS = ("batch_size", "lr", "beta1", "beta2", "amp", "device")
+
+
+def pretrain_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """`pretrain` with its defaults and the model's overrides (`models.<model>.pretrain`), and under `train` the
+    model's training settings that pretraining uses (`PRETRAIN_TRAIN_KEYS`)."""
     override = dict((config["models"].get(model) or {}).get("pretrain") or {})
-    return {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {}) | override
+    settings = {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {}) | override
+    train = train_settings(config, model)
+    return settings | {"train": {k: train[k] for k in PRETRAIN_TRAIN_KEYS if k in train}}
 
 
 def _check_pretraining(config: dict[str, Any]) -> None:
