@@ -19,10 +19,13 @@ from dpmedgen.config import (
     dataset_source,
     missing_modalities,
     model_params,
+    pretrain_settings,
+    pretrain_source,
     privacy_params,
     resources,
     runs,
     skipped_pairs,
+    studied_datasets,
     train_settings,
 )
 from dpmedgen.models import MODELS
@@ -129,16 +132,20 @@ def downstream_reference_paths(seeds=None):
     if "downstream" not in config["evaluate"]["metrics"]:
         return []
     seeds = config["seeds"] if seeds is None else seeds
-    return [f"{RESULTS}/{d}/downstream_reference/seed{s}.parquet" for d in config["datasets"] for s in seeds]
+    return [f"{RESULTS}/{d}/downstream_reference/seed{s}.parquet" for d in studied_datasets(config) for s in seeds]
 
 
 def train_inputs(wildcards):
-    """Images and split; modes that reuse the non-private training also get that run's checkpoint and log."""
+    """Images and split, and the publicly pretrained weights when the dataset has `pretrain_on`; modes that reuse
+    the non-private training get that run's checkpoint and log instead of the weights."""
     inputs = {
         "images": f"{RESULTS}/{wildcards.dataset}/images.h5",
         "splits": f"{RESULTS}/{wildcards.dataset}/splits.parquet",
     }
-    if PRIVACY_MODES.get(wildcards.privacy).reuses_nonprivate_training:
+    reuses = PRIVACY_MODES.get(wildcards.privacy).reuses_nonprivate_training
+    if pretrain_source(config, wildcards.dataset) is not None and not reuses:
+        inputs["init"] = f"{RESULTS}/{wildcards.dataset}/pretrained/{wildcards.model}.pt"
+    if reuses:
         reference = RUN_DIR.format(**(dict(wildcards) | {"privacy": "none", "epsilon": "inf"}))
         inputs |= {
             "reference_checkpoint": f"{reference}/checkpoint.pt",
@@ -196,7 +203,7 @@ def has_audit():
 def paper_targets():
     """The paper's figures (PDF) and tables (LaTeX): exactly what `snakemake paper` builds."""
     targets = []
-    for d in config["datasets"]:
+    for d in studied_datasets(config):
         targets += [
             f"{FIGURES}/{d}/privacy_utility.pdf",
             f"{FIGURES}/{d}/cost.pdf",
@@ -215,9 +222,9 @@ def study_targets():
     the first seed's early privacy-utility figure, the one-run audit and every run's training curves."""
     targets = [f"{RESULTS}/metrics.parquet", f"{RESULTS}/privacy.parquet"] + paper_targets()
     targets += [t.replace(".pdf", ".png") for t in paper_targets() if t.endswith(".pdf")]
-    for d in config["datasets"]:
+    for d in studied_datasets(config):
         targets += [f"{TABLES}/{name}_{d}.{ext}" for name in ("main", "privacy") for ext in ("md", "html")]
-    targets += [f"{FIGURES}/{d}/seed{SEEDS[0]}/privacy_utility.png" for d in config["datasets"]]
+    targets += [f"{FIGURES}/{d}/seed{SEEDS[0]}/privacy_utility.png" for d in studied_datasets(config)]
     audited = sorted({r.dataset for r in audited_runs()})
     if audited:  # the one-run audit (rules/audit.smk)
         targets += [f"{RESULTS}/audit.parquet"] + [

@@ -185,6 +185,20 @@ def test_stronger_hypometabolism_lowers_roi_uptake():
     np.testing.assert_array_equal(a.modalities["mri"], b.modalities["mri"])
 
 
+def test_larger_atrophy_mm_darkens_impaired_mri_more():
+    """`atrophy_mm` (the fully atrophic template's ventricular enlargement) scales the MRI class effect: the same
+    impaired patients lose more signal (tissue turned into dark CSF) at 10 mm than at 3 mm; PET follows (partial
+    volume) and the identical anatomy, pose and noise draws keep everything else equal."""
+    kw = dict(n_patients=2, slices_per_patient=2, size=32, impaired_fraction=1.0, seed=3, progress=False)
+    none = make_brain_phantom(atrophy_strength=0.0, **kw).modalities["mri"]
+    small = make_brain_phantom(atrophy_mm=3.0, **kw).modalities["mri"]
+    large = make_brain_phantom(atrophy_mm=10.0, **kw).modalities["mri"]
+    loss_small, loss_large = (none - small).sum(), (none - large).sum()
+    assert 0 < loss_small and loss_large > 1.5 * loss_small
+    with pytest.raises(ValueError, match="atrophy_mm"):
+        make_brain_phantom(atrophy_mm=0.5, **kw)
+
+
 def test_phantom_rejects_bad_arguments():
     with pytest.raises(ValueError):
         make_brain_phantom(n_patients=0, progress=False)

@@ -13,7 +13,7 @@ from dpmedgen.generate import generate_samples
 from dpmedgen.privacy import PrivacyMode, TrainingData, read_ledger
 from dpmedgen.models import MODELS
 from dpmedgen.runs import RunSpec
-from dpmedgen.train import TrainConfig, TrainingDiverged, load_generator, train_model
+from dpmedgen.train import TrainConfig, TrainingDiverged, load_model, train_model
 
 TRAIN = {"steps": 4, "batch_size": 4, "device": "cpu"}
 
@@ -53,7 +53,7 @@ def test_train_run_is_reproducible_and_writes_artefacts(study, tmp_path, privacy
     samples = generate_samples(tmp_path / "a" / "checkpoint.pt", tmp_path / "a" / "samples.h5", n_samples=5, seed=0)
     pixels = samples.modalities["mri"]
     assert pixels.shape == (5, 32, 32) and 0 <= pixels.min() and pixels.max() <= 1
-    model, state = load_generator(tmp_path / "a" / "checkpoint.pt")
+    model, state = load_model(tmp_path / "a" / "checkpoint.pt")
     assert state["run"] == run.as_dict()
 
 

@@ -23,5 +23,6 @@ train_run(
     reference_log=snakemake.input.get("reference_log"),
     reference_progress_dir=snakemake.input.get("reference_progress"),
     randomness=snakemake.params.randomness,
+    init_checkpoint=snakemake.input.get("init"),
 )
 training_curves_figure(snakemake.output.train_log, snakemake.output.ledger, [snakemake.output.curves])

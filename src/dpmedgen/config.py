@@ -190,6 +190,7 @@ def check_config(config: dict[str, Any]) -> None:
     _check_models_build(config)
     _check_devices(config)
     _check_cohorts(config)
+    _check_pretraining(config)
     if _running_workflow() is not None:
         hold_results_lock(config)
 
@@ -224,7 +225,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         accepted = set(inspect.signature(MODELS.get(name).__init__).parameters) - {"self", "image_size"}
         unknown = sorted(set(model_params(config, name)) - accepted)
         if unknown:
-            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`)")
+            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`, `pretrain`)")
         try:
             train_settings(config, name)
         except (TypeError, ValueError) as err:
@@ -233,7 +234,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
     grid = runs(config)
-    for name in config["datasets"]:
+    for name in studied_datasets(config):
         lacking = {m: x for (d, m), x in missing_modalities(config).items() if d == name}
         if lacking and not any(r.dataset == name for r in grid):
             raise ConfigError(f"config key datasets.{name}: no model of the study can train on it (the models lack "
@@ -744,9 +745,59 @@ def runs(config: dict[str, Any]) -> list[RunSpec]:
     missing = set(missing_modalities(config))
     return [
         RunSpec(dataset=d, model=m, privacy=p, epsilon=e, seed=int(s))
-        for d, m, (p, e), s in itertools.product(config["datasets"], config["models"], privacy, config["seeds"])
+        for d, m, (p, e), s in itertools.product(studied_datasets(config), config["models"], privacy, config["seeds"])
         if MODELS.get(m).kind in PRIVACY_MODES.get(p).supported_kinds and (d, m) not in missing
     ]
+
+
+def studied_datasets(config: dict[str, Any]) -> list[str]:
+    """The datasets the grid runs on: every `datasets` entry but the `public` ones (pretraining data only)."""
+    return [d for d, entry in config["datasets"].items() if not entry.get("public", False)]
+
+
+def pretrain_source(config: dict[str, Any], dataset: str) -> str | None:
+    """The public dataset whose pretrained weights every run on `dataset` starts from (`pretrain_on`), or None."""
+    return config["datasets"][dataset].get("pretrain_on")
+
+
+#: The training settings a pretraining uses (its steps and seed are `pretrain`'s): changing the others, e.g.
+#: `train.steps`, does not pretrain again.
+PRETRAIN_TRAIN_KEYS = ("batch_size", "lr", "beta1", "beta2", "amp", "device")
+
+
+def pretrain_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """`pretrain` with its defaults and the model's overrides (`models.<model>.pretrain`), and under `train` the
+    model's training settings that pretraining uses (`PRETRAIN_TRAIN_KEYS`)."""
+    override = dict((config["models"].get(model) or {}).get("pretrain") or {})
+    settings = {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {}) | override
+    train = train_settings(config, model)
+    return settings | {"train": {k: train[k] for k in PRETRAIN_TRAIN_KEYS if k in train}}
+
+
+def _check_pretraining(config: dict[str, Any]) -> None:
+    datasets = config["datasets"]
+    if not studied_datasets(config):
+        raise ConfigError("config key datasets: every dataset is `public: true`; the study needs one to run on")
+    for name, entry in datasets.items():
+        source = entry.get("pretrain_on")
+        if source is None:
+            continue
+        key = f"datasets.{name}.pretrain_on"
+        if entry.get("public", False):
+            raise ConfigError(f"config key {key}: a public dataset is not studied, so it is not pretrained on another")
+        if source not in datasets or not datasets[source].get("public", False):
+            public = [d for d, e in datasets.items() if e.get("public", False)]
+            raise ConfigError(f"config key {key}: {source!r} is not a dataset with `public: true`; public datasets: {public}")
+        if datasets[source]["modality"] != entry["modality"]:
+            raise ConfigError(
+                f"config key {key}: {source!r} has modality {datasets[source]['modality']!r}, "
+                f"{name!r} trains on {entry['modality']!r}; pretrain on the same modality"
+            )
+        missing = missing_modalities(config)
+        for model in sorted({r.model for r in runs(config) if r.dataset == name}):
+            if (source, model) in missing:
+                raise ConfigError(f"config key {key}: model {model!r} needs modalities {missing[(source, model)]} "
+                                  f"that the public dataset {source!r} does not have")
 
 
 def dataset_source(config: dict[str, Any], dataset: str) -> str:
@@ -798,6 +849,7 @@ def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
     """Constructor parameters of `model` (`models.<model>` in config, without its `train` overrides)."""
     params = dict(config["models"].get(model) or {})
     params.pop("train", None)
+    params.pop("pretrain", None)
     return params
 
 

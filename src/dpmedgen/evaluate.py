@@ -242,7 +242,6 @@ def _source_images(images_h5, fused: ImageSet, names: list[str], samples_h5) -> 
     return {m: sources.modalities[m][index] for m in names}
 
 
-COST_STAGES = ("train", "generate", "evaluate")
 #: Snakemake benchmark columns -> metric suffix and unit conversion
 _COST_COLUMNS = {"s": ("wall_s", 1.0), "cpu_time": ("cpu_s", 1.0), "max_rss": ("max_rss_mb", 1.0)}
 

@@ -102,9 +102,10 @@ class _Templates:
     tissue_fit: tuple[float, float, float]  # T1 ~ a*WM + b*GM + c*CSF
 
 
-@functools.lru_cache(maxsize=1)
-def _load_templates() -> _Templates:
-    """Load the nilearn MNI152 templates once per process and derive every map the model needs."""
+@functools.lru_cache(maxsize=2)
+def _load_templates(atrophy_mm: float = 3.0) -> _Templates:
+    """Load the nilearn MNI152 templates once per process and derive every map the model needs; `atrophy_mm` is
+    the ventricular enlargement (mm) of the fully atrophic template."""
     from nilearn import datasets
 
     t1_img = datasets.load_mni152_template(resolution=1)
@@ -142,15 +143,15 @@ def _load_templates() -> _Templates:
     mm = [affine[k, k] * axes[k] + affine[k, 3] for k in range(3)]  # the template affine is diagonal
     mx, my, mz = np.meshgrid(*mm, indexing="ij", sparse=True)
 
-    # Atrophy direction 1: ventricular enlargement (dilate central CSF by ~3 mm).
+    # Atrophy direction 1: ventricular enlargement (dilate central CSF by `atrophy_mm`, 1 mm voxels).
     central = (np.abs(mx) < 30) & (my > -48) & (my < 28) & (mz > -6) & (mz < 36)
     vent = (csf > 0.5) & central & mask
     vent = ndimage.binary_opening(vent, iterations=1)
-    grown = ndimage.binary_dilation(vent, iterations=3) & mask
+    grown = ndimage.binary_dilation(vent, iterations=max(1, round(atrophy_mm))) & mask
     grow = np.clip(ndimage.gaussian_filter(grown.astype(np.float32), 1.0) - csf, 0, 1) * mask
     # Atrophy direction 2: cortical thinning / sulcal widening (GM next to non-ventricular CSF).
     sulcal = np.where(vent, 0.0, csf).astype(np.float32)
-    near = np.clip(1.2 * ndimage.gaussian_filter(sulcal, 1.0), 0, 0.5)
+    near = np.clip(1.2 * ndimage.gaussian_filter(sulcal, atrophy_mm / 3.0), 0, 0.5)
     thin = np.clip(grow + near * (1 - grow), 0, 1)
     dgm = (-gm * thin).astype(np.float32)
     dwm = (-wm * grow).astype(np.float32)
@@ -223,6 +224,7 @@ def make_brain_phantom(
     rotation_deg: float = 5.0,
     atrophy_strength: float = 1.0,
     hypometabolism_strength: float = 1.0,
+    atrophy_mm: float = 3.0,
     pet_fwhm_mm: float = 7.0,
     pet_noise_level: float = 0.04,
     z_range: tuple[int, int] = (76, 134),
@@ -250,6 +252,8 @@ def make_brain_phantom(
         raise ValueError("noise levels, deformation, scale range, rotation and FWHM must be >= 0")
     if atrophy_strength < 0 or hypometabolism_strength < 0:
         raise ValueError("atrophy_strength and hypometabolism_strength must be >= 0")
+    if not 1.0 <= atrophy_mm <= 20.0:
+        raise ValueError(f"atrophy_mm must be in [1, 20], got {atrophy_mm}")
     z_lo, z_hi = int(z_range[0]), int(z_range[1])
     if z_hi < z_lo:
         raise ValueError(f"z_range must be increasing, got {z_range}")
@@ -265,13 +269,14 @@ def make_brain_phantom(
         rotation_deg=rotation_deg,
         atrophy_strength=atrophy_strength,
         hypometabolism_strength=hypometabolism_strength,
+        atrophy_mm=atrophy_mm,
         pet_fwhm_mm=pet_fwhm_mm,
         pet_noise_level=pet_noise_level,
         z_range=[z_lo, z_hi],
         z_jitter=z_jitter,
     )
 
-    tpl = _load_templates()
+    tpl = _load_templates(float(atrophy_mm))
     full_z = tpl.full_shape[2]
 
     n_impaired = int(round(impaired_fraction * n_patients))

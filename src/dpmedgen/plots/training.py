@@ -12,7 +12,6 @@ No torch import: plotting stays cheap and headless.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -25,6 +24,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..io import read_json
 from ..results import EPSILON_SPENT
 from .style import (
     MODEL_MARKERS,
@@ -108,8 +108,7 @@ def read_ledger(ledger: Mapping[str, Any] | str | os.PathLike | None) -> dict[st
         return None
     if isinstance(ledger, Mapping):
         return dict(ledger)
-    with open(ledger) as fh:
-        return json.load(fh)
+    return read_json(ledger)
 
 
 def _float(x: Any) -> float:

@@ -1,9 +1,8 @@
 """Training engine and run driver."""
 
 from dpmedgen.train.engine import TrainConfig, TrainingDiverged, train_model
-from dpmedgen.train.run import load_generator, load_model, load_split_images, load_training_data, train_run
+from dpmedgen.train.run import load_model, load_split_images, train_run
 
 __all__ = [
-    "TrainConfig", "TrainingDiverged", "train_model", "load_generator", "load_model", "load_split_images",
-    "load_training_data", "train_run",
+    "TrainConfig", "TrainingDiverged", "train_model", "load_model", "load_split_images", "train_run",
 ]

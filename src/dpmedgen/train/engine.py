@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from dpmedgen.io import write_atomic
+from dpmedgen.io import load_torch, write_atomic
 
 from dpmedgen.models.base import GenerativeModel, Player
 from dpmedgen.privacy.base import PrivacyMode, TrainingData
@@ -210,7 +210,7 @@ def _load_resume(resume: Path | None, run_fingerprint: str, run_name: str) -> di
     (it is overwritten at the next checkpoint)."""
     if resume is None or not resume.exists():
         return None
-    state = torch.load(resume, map_location="cpu", weights_only=True)
+    state = load_torch(resume)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != run_fingerprint:
         log.warning(
             "%s: ignoring %s: written by different settings (fingerprint %s, this run %s); starting over",

@@ -18,11 +18,12 @@ import torch
 from dpmedgen.data.canary import canary_patients, plant
 from dpmedgen.data.schema import read_image_set
 from dpmedgen.data.split import read_splits, select_split
-from dpmedgen.io import write_atomic
+from dpmedgen.io import load_torch, write_atomic
 from dpmedgen.models import MODELS, GenerativeModel
 from dpmedgen.models.mixture import ClassMixture
 from dpmedgen.privacy import PRIVACY_MODES, TrainingData, compose_parallel, write_ledger
 from dpmedgen.privacy.randomness import check_randomness
+from dpmedgen.train.pretrain import initialisation_record, load_pretrained
 from dpmedgen.runs import RunSpec
 from dpmedgen.train.engine import TrainConfig, fingerprint, seed_everything, train_model
 
@@ -47,11 +48,6 @@ def load_split_images(
     if carriers.any():
         pixels = plant(pixels, carriers, low=-1.0, high=1.0)
     return TrainingData(images=pixels, patient_ids=part.patient_id, labels=part.label.astype(np.int64))
-
-
-def load_training_data(images_h5: str | os.PathLike, splits_parquet: str | os.PathLike, modality: str) -> TrainingData:
-    """The train split's images of one modality, scaled to [-1, 1], shape (N, 1, H, W)."""
-    return load_split_images(images_h5, splits_parquet, (modality,))
 
 
 def build_model(name: str, image_size: int, params: dict[str, Any]) -> GenerativeModel:
@@ -81,6 +77,7 @@ def train_run(
     reference_progress_dir: str | os.PathLike | None = None,
     progress: bool = True,
     randomness: str = "secret",
+    init_checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train `run` and write its checkpoint, privacy ledger, per-epoch training log and (in
     `progress_dir`) sample grids; return the ledger.
@@ -102,6 +99,9 @@ def train_run(
     `randomness` (`dpmedgen.privacy.randomness`): "secret" (default) gives every privacy-mode instance (this
     run, each class generator) its own 128-bit root from the OS, kept only in the resume files; "deterministic"
     derives it from the public run seed (bit-identical reruns; not a DP release, and the ledger says so).
+
+    `init_checkpoint` (`dpmedgen.train.pretrain`): weights pretrained on a public dataset that the model (every
+    class generator) starts from instead of its random initialisation; the ledger's `initialisation` says which.
     """
     check_randomness(randomness)
 
@@ -115,6 +115,11 @@ def train_run(
     seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
     model, data = model_and_training_data(run, images_h5, splits_parquet, modality, model_params)
     image_size, modalities = int(data.images.shape[-1]), model_modalities(model, modality)
+    init_state = None
+    if init_checkpoint is not None:
+        init_state = load_pretrained(init_checkpoint, run.model, model_params, image_size)
+        model.load_state_dict(init_state["state_dict"])
+    initialisation = initialisation_record(init_checkpoint, init_state)
     sizes = {"n_train_images": data.n_images, "n_train_patients": data.n_patients}
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
@@ -124,6 +129,7 @@ def train_run(
         state = _reference_state(run, reference_checkpoint)
         privacy.set_output_shape(tuple(state["output_shape"]))
         record = privacy.full_ledger() | identity | sizes | {"trained_by": state["run"]}
+        record |= state.get("initialisation") or initialisation_record(None, None)
         if "classes" in state:
             record["class_generators"] = list(state["classes"])
         state["run"] = run.as_dict()
@@ -142,6 +148,7 @@ def train_run(
         "image_size": image_size,
         "modalities": list(modalities),
         "output_shape": [1, image_size, image_size],
+        "initialisation": initialisation,
     }
     grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
 
@@ -150,7 +157,7 @@ def train_run(
         resume = Path(checkpoint).with_name(f"resume{tag}.pt")
         run_fingerprint = fingerprint(
             run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta, randomness=randomness,
-            train=cfg.fingerprint_fields(), modalities=modalities, tag=tag,
+            train=cfg.fingerprint_fields(), modalities=modalities, tag=tag, initialisation=initialisation,
             data=hashlib.sha256(part.images.numpy().tobytes()).hexdigest(),
         )
 
@@ -167,7 +174,7 @@ def train_run(
     if not uses_class_generators(cfg, model, data, run.name):
         rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
         # The run's identity goes beside the ledger (its `epsilon_spent` is the bound, `epsilon_target` the target).
-        record = privacy.full_ledger() | identity | sizes
+        record = privacy.full_ledger() | identity | sizes | initialisation
         state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
         resumes = [resume]
     else:
@@ -182,6 +189,8 @@ def train_run(
             class_seed = run.seed * 1000 + label
             seed_everything(class_seed)
             component = build_model(run.model, image_size, model_params)
+            if init_state is not None:
+                component.load_state_dict(init_state["state_dict"])
             mode = new_privacy_mode(class_seed)
             class_log = Path(log_csv).with_name(f".{Path(log_csv).stem}_class{label}.csv")
             rows, resume = train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
@@ -191,7 +200,7 @@ def train_run(
             logs.append(pd.read_csv(class_log).assign(**{"class": label}))
             class_log.unlink()
             resumes.append(resume)
-        record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(parts)}
+        record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(parts)} | initialisation
         state |= {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": final_logs}
         _write_csv(pd.concat(logs, ignore_index=True), log_csv)
 
@@ -273,7 +282,7 @@ def _save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 def _reference_state(run: RunSpec, reference_checkpoint: str | os.PathLike | None) -> dict[str, Any]:
     if reference_checkpoint is None:
         raise ValueError(f"{run.name}: privacy mode {run.privacy!r} reuses the non-private run; give its checkpoint")
-    state = torch.load(reference_checkpoint, map_location="cpu", weights_only=True)
+    state = load_torch(reference_checkpoint)
     ref = state["run"]
     expected = {"dataset": run.dataset, "model": run.model, "privacy": "none", "seed": run.seed}
     if {k: ref[k] for k in expected} != expected:
@@ -284,7 +293,7 @@ def _reference_state(run: RunSpec, reference_checkpoint: str | os.PathLike | Non
 def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel | ClassMixture, dict[str, Any]]:
     """Rebuild the trained model from a checkpoint (loaded with weights_only=True), in eval mode: a
     `ClassMixture` for a run of one generator per class."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_torch(checkpoint)
     if "classes" in state:
         components = {}
         for label, state_dict in zip(state["classes"], state["state_dicts"]):
@@ -298,4 +307,3 @@ def load_model(checkpoint: str | os.PathLike) -> tuple[GenerativeModel | ClassMi
     return model, state
 
 
-load_generator = load_model  # the name used before models other than GANs existed
