@@ -35,6 +35,18 @@ def _weights(path, key="state_dict"):
     return state[key] if key in state else state["state_dicts"]
 
 
+def test_pretraining_is_reproducible(pretrained, tmp_path):
+    """The same settings pretrain bit-identical weights (public data and seed: no secret randomness), so a
+    cluster job and a local job start every run from the same weights."""
+    _, out, _ = pretrained
+    again = tmp_path / "again.pt"
+    pretrain("dcgan", model_params=PARAMS, images_h5=out.parent / "images.h5", modality="mri",
+             public_dataset="toy_public", steps=3, train={"batch_size": 4, "device": "cpu"}, seed=0, out=again,
+             progress=False)
+    first, second = _weights(out), _weights(again)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_pretraining_reads_every_public_image_and_records_it(pretrained):
     _, out, record = pretrained
     assert record == {"dataset": "toy_public", "model": "dcgan", "steps": 3, "seed": 0, "n_images": 36, "n_patients": 12}

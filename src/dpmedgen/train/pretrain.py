@@ -73,7 +73,8 @@ def pretrain(
     data = _public_images(images_h5, modalities)
     settings = {k: v for k, v in train.items() if k != "class_generators"}
     cfg = TrainConfig(**(settings | {"steps": int(steps), "seed": int(seed), "checkpoint_every": 0, "grid_every": 0}))
-    nonprivate = PRIVACY_MODES.get("none")(target_epsilon=float("inf"), delta=0.0)
+    # public data, public seed: the shuffle needs no secret root, and the same config pretrains the same weights
+    nonprivate = PRIVACY_MODES.get("none")(target_epsilon=float("inf"), delta=0.0, seed=int(seed))
     rows = train_model(model, data, nonprivate, cfg, run_name=f"pretrain {model_name} on {public_dataset}",
                        log_csv=log_csv, progress=progress)
     record = {
