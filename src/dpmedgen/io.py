@@ -42,8 +42,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception):  # e.g. a full disk: the writer's own error may name only the temporary file
+            err.add_note(f"dpmedgen: writing {path} failed; nothing was written there")
         raise
 
 
