@@ -547,7 +547,8 @@ def fusion(ctx: "EvalContext") -> dict[str, float]:
 
     Sources are ``ctx.sources`` in dict order: A = first, B = second (exactly two are needed). Images on which
     VIF or Qabf is undefined (NaN: a flat source, an edge-free pair, images under 41x41 for VIF) are left out
-    of those means, and counted, explicitly, in ``{metric}_n_undefined`` (0 in the normal case).
+    of those means, and counted, explicitly, in ``{metric}_n_undefined`` (0 in the normal case). A metric
+    undefined for every image (VIF of images under 41x41) has neither a mean nor a count: evaluation logs it.
     """
     names = list(ctx.sources)
     if len(names) != 2:
@@ -556,8 +557,10 @@ def fusion(ctx: "EvalContext") -> dict[str, float]:
     out = {name: _mean(v) for name, v in values.items()}
     for name in undefined_metric_names(names):
         n_nan = int(np.isnan(values[name]).sum())
+        if n_nan == len(values[name]):  # undefined for every image (VIF under 41x41): no mean, no count (logged)
+            continue
         out[f"{name}_n_undefined"] = float(n_nan)
-        if 0 < n_nan < len(values[name]):
+        if n_nan:
             warnings.warn(f"{name}: undefined (NaN) for {n_nan} of {len(values[name])} images, left out of the mean",
                           stacklevel=2)
     return out
