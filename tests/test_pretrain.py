@@ -11,7 +11,8 @@ from conftest import toy_study, train_toy_run
 from dpmedgen.config import ConfigError, _check_pretraining, runs, studied_datasets
 from dpmedgen.privacy import read_ledger
 from dpmedgen.runs import RunSpec
-from dpmedgen.train.pretrain import load_pretrained, pretrain
+from dpmedgen.io import load_torch
+from dpmedgen.train.pretrain import initialisation_record, load_pretrained, pretrain, weights_sha256
 
 PARAMS = {"width": 8, "latent_dim": 8}
 FROZEN = {"steps": 2, "batch_size": 4, "device": "cpu", "lr": {"generator": 1e-30, "discriminator": 1e-30}}
@@ -45,6 +46,11 @@ def test_pretraining_is_reproducible(pretrained, tmp_path):
              progress=False)
     first, second = _weights(out), _weights(again)
     assert all(torch.equal(first[k], second[k]) for k in first)
+    # the ledgers' digest is that of the weights, not of the file (which records the pretraining's timing)
+    assert initialisation_record(load_torch(out)) == initialisation_record(load_torch(again))
+    assert initialisation_record(load_torch(out))["initialisation_sha256"] == weights_sha256(first)
+    second[next(iter(second))].view(-1)[0] += 1e-6
+    assert weights_sha256(second) != weights_sha256(first)
 
 
 def test_pretraining_reads_every_public_image_and_records_it(pretrained):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from dpmedgen.train.engine import TrainConfig, seed_everything, train_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRETRAINED_FORMAT", "pretrain", "load_pretrained", "initialisation_record"]
+__all__ = ["PRETRAINED_FORMAT", "pretrain", "load_pretrained", "initialisation_record", "weights_sha256"]
 
 PRETRAINED_FORMAT = 1
 
@@ -46,6 +45,17 @@ def _public_images(images_h5: str | os.PathLike, modalities: tuple[str, ...]) ->
     images = read_image_set(images_h5, modalities=list(modalities))
     pixels = torch.from_numpy(np.stack([images.modalities[m] for m in modalities], axis=1)) * 2.0 - 1.0
     return TrainingData(images=pixels, patient_ids=np.asarray(images.patient_id))
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights themselves (name, dtype, shape and bytes of every tensor, in name order): two files
+    holding the same weights have the same digest, whatever else they record (e.g. the pretraining's timing)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def pretrain(
@@ -109,16 +119,15 @@ def load_pretrained(path: str | os.PathLike, model_name: str, model_params: dict
     return state
 
 
-def initialisation_record(path: str | os.PathLike | None, state: dict[str, Any] | None) -> dict[str, Any]:
+def initialisation_record(state: dict[str, Any] | None) -> dict[str, Any]:
     """What a ledger says about the weights a run started from."""
     if state is None:
         return {"initialisation": "random (public seed)"}
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     pre = state["pretraining"]
     return {
         "initialisation": (
             f"pretrained non-privately on the public dataset {pre['dataset']!r} ({pre['n_images']} images of "
             f"{pre['n_patients']} patients, {pre['steps']} steps): no private record read, no privacy cost"
         ),
-        "initialisation_sha256": digest,
+        "initialisation_sha256": weights_sha256(state["state_dict"]),
     }

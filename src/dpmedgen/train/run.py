@@ -119,7 +119,7 @@ def train_run(
     if init_checkpoint is not None:
         init_state = load_pretrained(init_checkpoint, run.model, model_params, image_size)
         model.load_state_dict(init_state["state_dict"])
-    initialisation = initialisation_record(init_checkpoint, init_state)
+    initialisation = initialisation_record(init_state)
     sizes = {"n_train_images": data.n_images, "n_train_patients": data.n_patients}
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
@@ -129,7 +129,7 @@ def train_run(
         state = _reference_state(run, reference_checkpoint)
         privacy.set_output_shape(tuple(state["output_shape"]))
         record = privacy.full_ledger() | identity | sizes | {"trained_by": state["run"]}
-        record |= state.get("initialisation") or initialisation_record(None, None)
+        record |= state.get("initialisation") or initialisation_record(None)
         if "classes" in state:
             record["class_generators"] = list(state["classes"])
         state["run"] = run.as_dict()
