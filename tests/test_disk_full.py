@@ -23,7 +23,7 @@ def small_disk(tmp_path):
                                            capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (not root?)")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)  # lazy: detached even if a handle is still open
 
 
 def _big_frame() -> pd.DataFrame:
