@@ -55,9 +55,8 @@ def _study_config(raw: dict[str, dict], url, path: Path, datasets=REAL_DATASETS)
                 downloads[remote.name]["sha256"] = hashlib.sha256((fixture["folder"] / remote.name).read_bytes()).hexdigest()
         config["datasets"][name] = {"modality": MODALITY.get(name, adapter.modalities[0]), "params": fixture["params"],
                                     "downloads": downloads}
-    config["models"] = {"dcgan": config["models"]["dcgan"]}
-    if "mripet" in datasets:  # a model no dataset can feed is a config error (dpmedgen.config._check_registries)
-        config["models"]["ddcgan"] = config["models"]["ddcgan"]
+    # DDcGAN only where a dataset has MRI and PET: a model no dataset can feed is a config error (_check_registries)
+    config["models"] = {m: config["models"][m] for m in ["dcgan"] + (["ddcgan"] if "mripet" in datasets else [])}
     config["privacy"]["modes"] = ["none", "dpsgd"]
     config["seeds"] = [0]
     config["split"]["canary_patients"] = 0

@@ -47,14 +47,24 @@ def _public_images(images_h5: str | os.PathLike, modalities: tuple[str, ...]) ->
     return TrainingData(images=pixels, patient_ids=np.asarray(images.patient_id))
 
 
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of the weights themselves (name, dtype, shape and bytes of every tensor, in name order): two files
-    holding the same weights have the same digest, whatever else they record (e.g. the pretraining's timing)."""
+def weights_sha256(state_dict: dict[str, Any]) -> str:
+    """SHA-256 of the weights themselves (every entry in name order: a tensor's dtype, shape and bytes; a nested
+    dict, as some models keep, entry by entry; any other value by its repr): two files holding the same weights
+    have the same digest, whatever else they record (e.g. the pretraining's timing)."""
     digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+    def update(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                update(f"{prefix}/{key}", value[key])
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{prefix}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{prefix}|{value!r}|".encode())
+
+    update("", state_dict)
     return digest.hexdigest()
 
 
