@@ -183,3 +183,46 @@ def test_readme_never_puts_a_target_after_configfile():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert not re.search(r"--configfile \S+ (paper|all)\b", readme)
+
+
+# maps whose keys the user names (a dataset, a model) or whose value objects double as partial overrides (the
+# `train` definition is also the shape of `models.<m>.train`), so their entries carry no schema default
+_NO_DEFAULTS = {"datasets", "models", "train", "resources"}
+
+
+def _schema_properties(schema: dict, node: dict, path: str = ""):
+    """(dotted key, its schema, whether it sits at a fixed path) for every property, definitions resolved."""
+    if "$ref" in node:
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]] | {k: v for k, v in node.items() if k != "$ref"}
+    for key, sub in node.get("properties", {}).items():
+        dotted = f"{path}.{key}" if path else key
+        yield dotted, sub
+        yield from _schema_properties(schema, sub, dotted)
+    for key in ("additionalProperties", "items"):
+        if isinstance(node.get(key), dict):
+            yield from _schema_properties(schema, node[key], f"{path}.*")
+
+
+def test_the_schema_describes_every_key_and_its_defaults_are_config_yaml():
+    """Every key of the schema has a `description:`; every key config.yaml sets at a fixed path has a `default:`
+    equal to config.yaml's value (config.yaml is the default study; the schema documents it and cannot drift)."""
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    default_config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    properties = dict(_schema_properties(schema, schema))
+    assert len(properties) > 80
+    assert [key for key, sub in properties.items() if "description" not in sub] == []
+
+    def leaves(value, path=""):
+        if isinstance(value, dict) and path.split(".")[0] not in _NO_DEFAULTS:
+            for key, sub in value.items():
+                yield from leaves(sub, f"{path}.{key}" if path else key)
+        elif path.split(".")[0] not in _NO_DEFAULTS:
+            yield path, value
+
+    checked = 0
+    for key, value in leaves(default_config):
+        sub = properties.get(key) or properties.get(".".join(key.split(".")[:-1] + ["*"]))
+        assert sub is not None and "default" in sub, f"{key}: no schema default"
+        assert sub["default"] == value, f"{key}: schema default {sub['default']!r}, config.yaml {value!r}"
+        checked += 1
+    assert checked > 25
