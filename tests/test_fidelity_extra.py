@@ -109,13 +109,14 @@ def test_prdc_family_on_cached_features():
         "density_effnetlite0": pytest.approx(1.0, abs=1e-12),
         "coverage_effnetlite0": 1.0,
     }
-    assert FAMILIES == {"prdc_effnetlite0": prdc_effnetlite0}
+    assert FAMILIES["prdc_effnetlite0"] is prdc_effnetlite0 and FAMILIES["fid_inception"] is fid_inception_family
 
 
 def test_info_entries():
     names = [m.name for m in INFO]
     assert len(names) == len(set(names))
-    assert set(names) == {"fid_inception"} | {f"{n}_effnetlite0" for n in PRDC_NAMES}
+    assert set(names) == {"fid_effnetlite0", "kid_effnetlite0", "kid_effnetlite0_std", "fid_inception"} | {
+        f"{n}_effnetlite0" for n in PRDC_NAMES}
     by_name = {m.name: m for m in INFO}
     assert by_name["fid_inception"].family == "fid_inception"
     assert by_name["fid_inception"].higher_is_better is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,18 @@ def test_readme_metric_table_matches_the_code():
     names = {i.name for i in all_metric_info()}
     assert set(METRIC_INFO) <= names and {"fusion_qabf", "ms_ssim_vs_pet", "mia_dcr_auc_patient"} <= names
     assert all(f"| `{name}` |" in table for name in names)
+
+
+def test_every_metric_family_is_declared_one_way_beside_its_definition():
+    """One way to add a metric: a module's FAMILIES and INFO, and the module listed in METRIC_MODULES; the
+    registry, the descriptions and README's family order all come from there (no hand-kept list)."""
+    import dpmedgen.metrics as metrics
+
+    declared = [f for module in metrics.METRIC_MODULES for f in module.FAMILIES]
+    assert sorted(declared) == sorted(metrics.METRICS.names()) and len(set(declared)) == len(declared)
+    for module in metrics.METRIC_MODULES:
+        for info in module.INFO:
+            assert info.family in module.FAMILIES or info.family in metrics.EXTERNAL_FAMILIES, info.name
+    sources = "".join(p.read_text() for p in Path(metrics.__file__).parent.glob("*.py"))
+    assert sources.count("METRICS.register(") == 1
+    assert metrics.FAMILY_ORDER[: len(declared)] == tuple(declared)

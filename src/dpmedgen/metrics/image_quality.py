@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .info import MetricInfo
+
 if TYPE_CHECKING:
     from . import EvalContext
 
@@ -136,3 +138,30 @@ def ssim_nn(ctx: "EvalContext") -> dict[str, float]:
 def psnr_nn(ctx: "EvalContext") -> dict[str, float]:
     """Mean over fake images of PSNR (dB) to the nearest (L2) real image; inf if any fake is an exact copy."""
     return {"psnr_nn": float(nn_psnr_values(ctx.real, ctx.fake, ctx.nn_index).mean())}
+
+
+INFO: list[MetricInfo] = [
+    MetricInfo(
+        "ssim_nn",
+        higher_is_better=True,
+        range="[-1, 1]; 1 = identical",
+        source="Wang, Bovik, Sheikh & Simoncelli 2004 (IEEE TIP), standard convention: gaussian 11x11, sigma "
+        "1.5, K 0.01/0.03, data_range 1, SSIM map averaged over the valid region (= scikit-image "
+        "structural_similarity with gaussian_weights, use_sample_covariance=False; not torchmetrics' "
+        "reflect-padded full-map mean); implemented here",
+        description="Mean over generated images of SSIM to the nearest (L2 pixel distance) real test image. "
+        "Higher = more realistic, but values near 1 suggest memorization.",
+        family="ssim_nn",
+    ),
+    MetricInfo(
+        "psnr_nn",
+        higher_is_better=True,
+        range="[0, inf] dB; inf if any generated image exactly copies a real one",
+        source="torchmetrics peak_signal_noise_ratio (data_range 1)",
+        description="Mean over generated images of PSNR to the nearest (L2 pixel distance) real test image. "
+        "Higher = closer to real images; inf signals an exact copy (memorization).",
+        family="psnr_nn",
+    ),
+]
+
+FAMILIES = {"ssim_nn": ssim_nn, "psnr_nn": psnr_nn}
