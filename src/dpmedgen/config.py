@@ -181,8 +181,14 @@ def validate_schema(config: dict[str, Any], schema_path: str | Path = SCHEMA) ->
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Check names against the registries and cross-field constraints."""
+    """Check names against the registries and cross-field constraints.
+
+    Inside a job's own Snakemake (a cluster job, which parses the workflow again to run one job) only the size
+    check runs: the main process checked this very config before it submitted the job, and the full check (it
+    builds every model) would cost each cluster job ~5 s of CPU."""
     check_size(config)
+    if not getattr(_running_workflow(), "is_main_process", True):
+        return
     _check_finite(config)
     _check_paths(config)
     _check_value_ranges(config)
