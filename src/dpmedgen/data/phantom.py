@@ -212,6 +212,309 @@ def _resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
     ).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The subject-space sampling grid shared by every patient (template voxels = mm)."""
+
+    x: np.ndarray  # (nx, ny) in-plane subject-space x of every sample
+    y: np.ndarray  # (nx, ny) in-plane subject-space y of every sample
+    field_lo: np.ndarray  # corners of the region the displacement field's control grid covers
+    field_hi: np.ndarray
+    centre: np.ndarray  # float32 brain centroid: the centre of rotation / scaling
+    step: float  # in-plane sample spacing (mm)
+    pet_sigma_px: float  # in-plane PET blur (Gaussian sigma) in samples
+    spacing: float = 8.0  # displacement control-grid spacing (mm)
+
+
+@dataclass(frozen=True)
+class _Latents:
+    """One patient's random draws: latent variables, displacement control field and image noise."""
+
+    scale: np.ndarray
+    angles: np.ndarray
+    z_off: int
+    atrophy: float
+    hypo: float
+    gain: float
+    w_wm: float
+    w_gm: float
+    w_csf: float
+    pet_gain: float
+    bias_coef: np.ndarray
+    pet_var: np.ndarray
+    disp: np.ndarray
+    noise_mri: np.ndarray
+    noise_pet: np.ndarray
+
+
+def _validated_params(
+    *,
+    n_patients,
+    slices_per_patient,
+    size,
+    impaired_fraction,
+    seed,
+    noise_level,
+    deformation_mm,
+    scale_range,
+    rotation_deg,
+    atrophy_strength,
+    hypometabolism_strength,
+    atrophy_mm,
+    pet_fwhm_mm,
+    pet_noise_level,
+    z_range,
+    z_jitter,
+) -> dict:
+    """The generator parameters as recorded in the provenance, after checking them (ValueError if invalid)."""
+    if n_patients < 1 or slices_per_patient < 1:
+        raise ValueError("n_patients and slices_per_patient must be >= 1")
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if not 0.0 <= impaired_fraction <= 1.0:
+        raise ValueError(f"impaired_fraction must be in [0, 1], got {impaired_fraction}")
+    if min(noise_level, pet_noise_level, deformation_mm, scale_range, rotation_deg, pet_fwhm_mm) < 0:
+        raise ValueError("noise levels, deformation, scale range, rotation and FWHM must be >= 0")
+    if atrophy_strength < 0 or hypometabolism_strength < 0:
+        raise ValueError("atrophy_strength and hypometabolism_strength must be >= 0")
+    if not 1.0 <= atrophy_mm <= 20.0:
+        raise ValueError(f"atrophy_mm must be in [1, 20], got {atrophy_mm}")
+    z_lo, z_hi = int(z_range[0]), int(z_range[1])
+    if z_hi < z_lo:
+        raise ValueError(f"z_range must be increasing, got {z_range}")
+    return dict(
+        n_patients=n_patients,
+        slices_per_patient=slices_per_patient,
+        size=size,
+        impaired_fraction=impaired_fraction,
+        seed=seed,
+        noise_level=noise_level,
+        deformation_mm=deformation_mm,
+        scale_range=scale_range,
+        rotation_deg=rotation_deg,
+        atrophy_strength=atrophy_strength,
+        hypometabolism_strength=hypometabolism_strength,
+        atrophy_mm=atrophy_mm,
+        pet_fwhm_mm=pet_fwhm_mm,
+        pet_noise_level=pet_noise_level,
+        z_range=[z_lo, z_hi],
+        z_jitter=z_jitter,
+    )
+
+
+def _draw_labels(n_patients: int, n_impaired: int, seed: int) -> np.ndarray:
+    """Per-patient labels (int8): a random subset of `n_impaired` patients is 1, from the seed's label stream."""
+    label_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1AB]))
+    labels = np.zeros(n_patients, dtype=np.int8)
+    labels[label_rng.permutation(n_patients)[:n_impaired]] = 1
+    return labels
+
+
+def _base_slice_z(z_lo: int, z_hi: int, slices_per_patient: int) -> np.ndarray:
+    """Subject-space z indices of the slices before the per-patient offset, evenly spaced over [z_lo, z_hi]."""
+    if slices_per_patient == 1:
+        base_z = np.array([(z_lo + z_hi) / 2.0])
+    else:
+        base_z = np.linspace(z_lo, z_hi, slices_per_patient)
+    return np.round(base_z).astype(int)
+
+
+def _subject_grid(tpl: _Templates, size: int, pet_fwhm_mm: float) -> _Grid:
+    """The subject-space in-plane sampling grid (1 mm voxels): the brain's bounding box plus room for up-scaling."""
+    # Sampled directly at about the output pixel size, never coarser than 1.5 mm nor than half an
+    # output pixel (so small outputs are still resized from twice their resolution, with
+    # anti-aliasing): the template maps are smooth, and this keeps the work proportional to the output.
+    pad = 14
+    extent = float(max(tpl.brain_hi[:2] - tpl.brain_lo[:2])) + 8.0
+    step = float(np.clip(extent / size, 0.5, max(1.5, extent / (2 * size))))
+    xs = np.arange(tpl.brain_lo[0] - pad, tpl.brain_hi[0] + pad + 1, step, dtype=np.float32)
+    ys = np.arange(tpl.brain_lo[1] - pad, tpl.brain_hi[1] + pad + 1, step, dtype=np.float32)
+    grid_x, grid_y = np.meshgrid(xs, ys, indexing="ij")
+    return _Grid(
+        x=grid_x,
+        y=grid_y,
+        field_lo=np.array([xs[0], ys[0], 0.0]),
+        field_hi=np.array([xs[-1], ys[-1], tpl.full_shape[2] - 1.0]),
+        centre=tpl.centre.astype(np.float32),
+        step=step,
+        pet_sigma_px=pet_fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / step,
+    )
+
+
+def _draw_latents(rng: np.random.Generator, label: int, grid: _Grid, params: dict) -> _Latents:
+    """One patient's latent variables, displacement field and noise, drawn from its stream in a fixed order."""
+    scale_range, rotation_deg, z_jitter = params["scale_range"], params["rotation_deg"], params["z_jitter"]
+    n_slices, size = params["slices_per_patient"], params["size"]
+    scale = (1.0 + rng.uniform(-scale_range, scale_range)) * (1.0 + rng.uniform(-0.02, 0.02, 3))
+    angles = rng.uniform(-1.0, 1.0, 3) * np.array([0.6, 0.6, 1.0]) * rotation_deg
+    z_off = int(rng.integers(-z_jitter, z_jitter + 1)) if z_jitter > 0 else 0
+    if label == 1:
+        atrophy = rng.uniform(0.45, 1.0) * params["atrophy_strength"]
+        hypo = rng.uniform(0.12, 0.32) * params["hypometabolism_strength"]
+    else:
+        atrophy = rng.uniform(0.0, 0.3) * params["atrophy_strength"]
+        hypo = rng.uniform(0.0, 0.05) * params["hypometabolism_strength"]
+    atrophy = float(min(atrophy, 1.0))
+    gain = rng.uniform(0.88, 1.06)
+    w_wm = 1.0 + rng.normal(0.0, 0.025)
+    w_gm = 0.60 + rng.normal(0.0, 0.03)
+    w_csf = max(0.05, 0.15 + rng.normal(0.0, 0.03))
+    pet_gain = rng.uniform(0.88, 1.08)
+    bias_coef = rng.normal(0.0, 0.05, 9)
+    pet_var = rng.normal(0.0, 0.04, 9)
+    disp = _smooth_field(rng, grid.field_lo, grid.field_hi, grid.spacing, 1.5, 3)
+    noise_mri = rng.standard_normal((2, n_slices, size, size)).astype(np.float32)
+    noise_pet = rng.standard_normal((n_slices, size, size)).astype(np.float32)
+    return _Latents(
+        scale=scale, angles=angles, z_off=z_off, atrophy=atrophy, hypo=hypo, gain=gain, w_wm=w_wm, w_gm=w_gm,
+        w_csf=w_csf, pet_gain=pet_gain, bias_coef=bias_coef, pet_var=pet_var, disp=disp, noise_mri=noise_mri,
+        noise_pet=noise_pet,
+    )
+
+
+def _slice_points(grid: _Grid, zs: np.ndarray) -> np.ndarray:
+    """Subject-space coordinates (3, n_slices, nx, ny), float32, of every sample of the slices at `zs`."""
+    nx, ny = grid.x.shape
+    pts = np.empty((3, len(zs), nx, ny), np.float32)
+    pts[0] = grid.x
+    pts[1] = grid.y
+    pts[2] = zs[:, None, None]
+    return pts
+
+
+def _template_coords(tpl: _Templates, grid: _Grid, lat: _Latents, pts: np.ndarray, deformation_mm: float):
+    """Cropped-template voxel coordinates of the subject points `pts`: inverse pose plus smooth displacement."""
+    if deformation_mm > 0:
+        d = _eval_field(lat.disp, pts, grid.field_lo, grid.spacing)
+        rms = float(np.sqrt(np.mean(np.sum(lat.disp.astype(np.float64) ** 2, axis=0))))
+        d *= deformation_mm / max(rms, 1e-6)
+    else:
+        d = 0.0
+    # Explicit element-wise sums (no BLAS) keep the output bit-identical across thread counts.
+    inv = np.linalg.inv(_rotation(lat.angles) @ np.diag(lat.scale)).astype(np.float32)
+    centre = grid.centre[:, None, None, None]
+    rel = pts - centre
+    src = np.stack([inv[k, 0] * rel[0] + inv[k, 1] * rel[1] + inv[k, 2] * rel[2] for k in range(3)])
+    src += centre + d - tpl.origin.astype(np.float32)[:, None, None, None]
+    return src
+
+
+def _sample_maps(tpl: _Templates, src: np.ndarray) -> dict[str, np.ndarray]:
+    """Every template map trilinearly interpolated at the template coordinates `src` (zero outside)."""
+    return {
+        k: ndimage.map_coordinates(v, src, order=1, mode="constant", cval=0.0, prefilter=False)
+        for k, v in tpl.maps.items()
+    }
+
+
+def _smooth_gains(pts: np.ndarray, centre: np.ndarray, lat: _Latents) -> tuple[np.ndarray, np.ndarray]:
+    """The MRI bias field and the PET regional variation: exponentials of quadratics in normalised coordinates."""
+    u = [(pts[k] - centre[k]) / 80.0 for k in range(3)]
+    basis = np.stack([u[0], u[1], u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2, u[0] * u[1], u[0] * u[2], u[1] * u[2]])
+    bias = np.exp(sum(np.float32(c) * b for c, b in zip(lat.bias_coef, basis)))
+    regional = np.exp(sum(np.float32(c) * b for c, b in zip(lat.pet_var, basis)))
+    return bias, regional
+
+
+def _mri_and_uptake(s: dict[str, np.ndarray], pts: np.ndarray, grid: _Grid, lat: _Latents):
+    """Noise-free T1 intensity, PET uptake blurred to PET resolution, and the brain mask, on the warped slices."""
+    gm = s["gm"] + lat.atrophy * s["dgm"]
+    wm = s["wm"] + lat.atrophy * s["dwm"]
+    csf = s["csf"] - lat.atrophy * (s["dgm"] + s["dwm"])
+    brain = (gm + wm + csf) > 0.5
+    bias, regional = _smooth_gains(pts, grid.centre, lat)
+    mri = lat.gain * bias * (lat.w_wm * wm + lat.w_gm * gm + lat.w_csf * csf + s["texture"])
+    uptake = lat.pet_gain * regional * (gm + 0.3 * wm + 0.03 * csf) * (1.0 - lat.hypo * s["region"])
+    uptake = ndimage.gaussian_filter(uptake, (0, grid.pet_sigma_px, grid.pet_sigma_px), mode="constant")
+    return mri, uptake, brain
+
+
+def _orient(a: np.ndarray) -> np.ndarray:
+    """Slices (n, x, y) as images (n, rows, cols): anterior at the top, the subject's left on the left."""
+    return np.ascontiguousarray(np.swapaxes(a, 1, 2)[:, ::-1, :])
+
+
+def _crop_box(brain: np.ndarray, step: float) -> tuple[int, int, int, int, int]:
+    """The patient's crop box (r0, r1, c0, c1, side): the union of its brain masks plus a ~3 mm margin."""
+    rows = np.flatnonzero(brain.any(axis=(0, 2)))
+    cols = np.flatnonzero(brain.any(axis=(0, 1)))
+    if rows.size == 0:  # degenerate (e.g. absurd z_range): keep the full field of view
+        rows, cols = np.arange(brain.shape[1]), np.arange(brain.shape[2])
+    m = max(1, int(round(3 / step)))
+    r0, r1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, brain.shape[1])
+    c0, c1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, brain.shape[2])
+    return r0, r1, c0, c1, max(r1 - r0, c1 - c0)
+
+
+def _square_resize(a: np.ndarray, box: tuple[int, int, int, int, int], size: int) -> np.ndarray:
+    """The stack `a` cropped to `box`, zero-padded to a centred square and resized to (n, size, size)."""
+    r0, r1, c0, c1, side = box
+    out = np.zeros((a.shape[0], side, side), np.float32)
+    h, w = r1 - r0, c1 - c0
+    oy, ox = (side - h) // 2, (side - w) // 2
+    out[:, oy : oy + h, ox : ox + w] = a[:, r0:r1, c0:c1]
+    return _resize_stack(out, size)
+
+
+def _add_rician_noise(mri: np.ndarray, noise_mri: np.ndarray, noise_level: float) -> np.ndarray:
+    """MRI magnitude with Rician noise: |signal + complex Gaussian noise of std `noise_level` per channel|."""
+    return np.sqrt((mri + noise_level * noise_mri[0]) ** 2 + (noise_level * noise_mri[1]) ** 2)
+
+
+def _add_pet_noise(uptake: np.ndarray, noise_pet: np.ndarray, pet_noise_level: float) -> np.ndarray:
+    """PET with spatially correlated, signal-dependent Gaussian noise of level `pet_noise_level`."""
+    corr = ndimage.gaussian_filter(noise_pet, (0, 1.3, 1.3))
+    corr /= max(float(corr.std()), 1e-6)
+    pet = np.maximum(uptake, 0.0)
+    return pet + pet_noise_level * np.sqrt(pet / 0.8 + 0.02) * corr
+
+
+def _render_patient(tpl: _Templates, grid: _Grid, lat: _Latents, zs: np.ndarray, params: dict, with_region: bool):
+    """One patient's MRI, PET (and, if asked, region) slices, (n_slices, size, size) each, in [0, 1]."""
+    size = params["size"]
+    pts = _slice_points(grid, zs)
+    s = _sample_maps(tpl, _template_coords(tpl, grid, lat, pts, params["deformation_mm"]))
+    mri, uptake, brain = _mri_and_uptake(s, pts, grid, lat)
+    mri, uptake, brain, region = _orient(mri), _orient(uptake), _orient(brain), _orient(s["region"])
+    box = _crop_box(brain, grid.step)
+    mri = _add_rician_noise(_square_resize(mri, box, size), lat.noise_mri, params["noise_level"])
+    pet = _add_pet_noise(_square_resize(uptake, box, size), lat.noise_pet, params["pet_noise_level"])
+    region = np.clip(_square_resize(region, box, size), 0.0, 1.0) if with_region else None
+    return np.clip(mri / _MRI_SCALE, 0.0, 1.0), np.clip(pet / _PET_SCALE, 0.0, 1.0), region
+
+
+def _latent_record(label: int, lat: _Latents) -> dict:
+    """The provenance entry of one patient: its label and latent variables, rounded to 6 decimals."""
+    return {
+        "label": label,
+        "atrophy": round(lat.atrophy, 6),
+        "hypometabolism": round(float(lat.hypo), 6),
+        "scale": [round(float(v), 6) for v in lat.scale],
+        "rotation_deg": [round(float(v), 6) for v in lat.angles],
+        "z_offset": lat.z_off,
+        "mri_gain": round(float(lat.gain), 6),
+        "pet_gain": round(float(lat.pet_gain), 6),
+    }
+
+
+def _provenance(params: dict, seed: int, tpl: _Templates, n_impaired: int, latents: dict) -> dict:
+    """The cohort's provenance: generator parameters, seed, nilearn version, templates and per-patient latents."""
+    import nilearn
+
+    return {
+        "generator": "dpmedgen.data.phantom.make_brain_phantom",
+        "params": params,
+        "seed": int(seed),
+        "nilearn_version": nilearn.__version__,
+        "templates": dict(_TEMPLATE_NAMES),
+        "template_tissue_fit": {"wm": tpl.tissue_fit[0], "gm": tpl.tissue_fit[1], "csf": tpl.tissue_fit[2]},
+        "hypometabolism_blobs_mni_mm": [list(c) + [s_, w_] for c, s_, w_ in _HYPO_BLOBS],
+        "orientation": "axial; rows anterior->posterior (anterior at top), columns subject left->right",
+        "n_impaired": n_impaired,
+        "latents": latents,
+    }
+
+
 def make_brain_phantom(
     n_patients: int = 64,
     slices_per_patient: int = 12,
@@ -242,70 +545,18 @@ def make_brain_phantom(
     """
     from tqdm import tqdm
 
-    if n_patients < 1 or slices_per_patient < 1:
-        raise ValueError("n_patients and slices_per_patient must be >= 1")
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
-    if not 0.0 <= impaired_fraction <= 1.0:
-        raise ValueError(f"impaired_fraction must be in [0, 1], got {impaired_fraction}")
-    if min(noise_level, pet_noise_level, deformation_mm, scale_range, rotation_deg, pet_fwhm_mm) < 0:
-        raise ValueError("noise levels, deformation, scale range, rotation and FWHM must be >= 0")
-    if atrophy_strength < 0 or hypometabolism_strength < 0:
-        raise ValueError("atrophy_strength and hypometabolism_strength must be >= 0")
-    if not 1.0 <= atrophy_mm <= 20.0:
-        raise ValueError(f"atrophy_mm must be in [1, 20], got {atrophy_mm}")
-    z_lo, z_hi = int(z_range[0]), int(z_range[1])
-    if z_hi < z_lo:
-        raise ValueError(f"z_range must be increasing, got {z_range}")
-    params = dict(
-        n_patients=n_patients,
-        slices_per_patient=slices_per_patient,
-        size=size,
-        impaired_fraction=impaired_fraction,
-        seed=seed,
-        noise_level=noise_level,
-        deformation_mm=deformation_mm,
-        scale_range=scale_range,
-        rotation_deg=rotation_deg,
-        atrophy_strength=atrophy_strength,
-        hypometabolism_strength=hypometabolism_strength,
-        atrophy_mm=atrophy_mm,
-        pet_fwhm_mm=pet_fwhm_mm,
-        pet_noise_level=pet_noise_level,
-        z_range=[z_lo, z_hi],
+    params = _validated_params(
+        n_patients=n_patients, slices_per_patient=slices_per_patient, size=size, impaired_fraction=impaired_fraction,
+        seed=seed, noise_level=noise_level, deformation_mm=deformation_mm, scale_range=scale_range,
+        rotation_deg=rotation_deg, atrophy_strength=atrophy_strength, hypometabolism_strength=hypometabolism_strength,
+        atrophy_mm=atrophy_mm, pet_fwhm_mm=pet_fwhm_mm, pet_noise_level=pet_noise_level, z_range=z_range,
         z_jitter=z_jitter,
     )
-
     tpl = _load_templates(float(atrophy_mm))
-    full_z = tpl.full_shape[2]
-
     n_impaired = int(round(impaired_fraction * n_patients))
-    label_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1AB]))
-    labels = np.zeros(n_patients, dtype=np.int8)
-    labels[label_rng.permutation(n_patients)[:n_impaired]] = 1
-
-    if slices_per_patient == 1:
-        base_z = np.array([(z_lo + z_hi) / 2.0])
-    else:
-        base_z = np.linspace(z_lo, z_hi, slices_per_patient)
-    base_z = np.round(base_z).astype(int)
-
-    # Subject-space in-plane grid (1 mm): the brain's bounding box plus room for up-scaling.
-    # Sampled directly at about the output pixel size, never coarser than 1.5 mm nor than half an
-    # output pixel (so small outputs are still resized from twice their resolution, with
-    # anti-aliasing): the template maps are smooth, and this keeps the work proportional to the output.
-    pad = 14
-    extent = float(max(tpl.brain_hi[:2] - tpl.brain_lo[:2])) + 8.0
-    step = float(np.clip(extent / size, 0.5, max(1.5, extent / (2 * size))))
-    xs = np.arange(tpl.brain_lo[0] - pad, tpl.brain_hi[0] + pad + 1, step, dtype=np.float32)
-    ys = np.arange(tpl.brain_lo[1] - pad, tpl.brain_hi[1] + pad + 1, step, dtype=np.float32)
-    grid_x, grid_y = np.meshgrid(xs, ys, indexing="ij")
-    nx, ny = grid_x.shape
-    field_lo = np.array([xs[0], ys[0], 0.0])
-    field_hi = np.array([xs[-1], ys[-1], full_z - 1.0])
-    centre = tpl.centre.astype(np.float32)
-    spacing = 8.0
-    pet_sigma_px = pet_fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / step
+    labels = _draw_labels(n_patients, n_impaired, seed)
+    base_z = _base_slice_z(*params["z_range"], slices_per_patient)
+    grid = _subject_grid(tpl, size, pet_fwhm_mm)
 
     mri_out = np.empty((n_patients * slices_per_patient, size, size), np.float32)
     pet_out = np.empty_like(mri_out)
@@ -316,130 +567,24 @@ def make_brain_phantom(
     for i in tqdm(range(n_patients), desc="brain_phantom", unit="patient", file=sys.stderr, disable=not progress):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
         label = int(labels[i])
-        # --- latent variables -----------------------------------------------------------------
-        scale = (1.0 + rng.uniform(-scale_range, scale_range)) * (1.0 + rng.uniform(-0.02, 0.02, 3))
-        angles = rng.uniform(-1.0, 1.0, 3) * np.array([0.6, 0.6, 1.0]) * rotation_deg
-        z_off = int(rng.integers(-z_jitter, z_jitter + 1)) if z_jitter > 0 else 0
-        if label == 1:
-            atrophy = rng.uniform(0.45, 1.0) * atrophy_strength
-            hypo = rng.uniform(0.12, 0.32) * hypometabolism_strength
-        else:
-            atrophy = rng.uniform(0.0, 0.3) * atrophy_strength
-            hypo = rng.uniform(0.0, 0.05) * hypometabolism_strength
-        atrophy = float(min(atrophy, 1.0))
-        gain = rng.uniform(0.88, 1.06)
-        w_wm = 1.0 + rng.normal(0.0, 0.025)
-        w_gm = 0.60 + rng.normal(0.0, 0.03)
-        w_csf = max(0.05, 0.15 + rng.normal(0.0, 0.03))
-        pet_gain = rng.uniform(0.88, 1.08)
-        bias_coef = rng.normal(0.0, 0.05, 9)
-        pet_var = rng.normal(0.0, 0.04, 9)
-        disp = _smooth_field(rng, field_lo, field_hi, spacing, 1.5, 3)
-        noise_mri = rng.standard_normal((2, slices_per_patient, size, size)).astype(np.float32)
-        noise_pet = rng.standard_normal((slices_per_patient, size, size)).astype(np.float32)
-
-        # --- warp the needed slices -----------------------------------------------------------
-        zs = np.clip(base_z + z_off, 0, full_z - 1)
-        pts = np.empty((3, slices_per_patient, nx, ny), np.float32)
-        pts[0] = grid_x
-        pts[1] = grid_y
-        pts[2] = zs[:, None, None]
-        if deformation_mm > 0:
-            d = _eval_field(disp, pts, field_lo, spacing)
-            rms = float(np.sqrt(np.mean(np.sum(disp.astype(np.float64) ** 2, axis=0))))
-            d *= deformation_mm / max(rms, 1e-6)
-        else:
-            d = 0.0
-        # Explicit element-wise sums (no BLAS) keep the output bit-identical across thread counts.
-        inv = np.linalg.inv(_rotation(angles) @ np.diag(scale)).astype(np.float32)
-        rel = pts - centre[:, None, None, None]
-        src = np.stack([inv[k, 0] * rel[0] + inv[k, 1] * rel[1] + inv[k, 2] * rel[2] for k in range(3)])
-        src += centre[:, None, None, None] + d - tpl.origin.astype(np.float32)[:, None, None, None]
-        s = {
-            k: ndimage.map_coordinates(v, src, order=1, mode="constant", cval=0.0, prefilter=False)
-            for k, v in tpl.maps.items()
-        }
-        gm = s["gm"] + atrophy * s["dgm"]
-        wm = s["wm"] + atrophy * s["dwm"]
-        csf = s["csf"] - atrophy * (s["dgm"] + s["dwm"])
-        brain = (gm + wm + csf) > 0.5
-
-        # Smooth multiplicative fields (normalised subject coordinates in about [-1, 1]).
-        u = [(pts[k] - centre[k]) / 80.0 for k in range(3)]
-        basis = np.stack([u[0], u[1], u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2, u[0] * u[1], u[0] * u[2], u[1] * u[2]])
-        bias = np.exp(sum(np.float32(c) * b for c, b in zip(bias_coef, basis)))
-        regional = np.exp(sum(np.float32(c) * b for c, b in zip(pet_var, basis)))
-
-        mri = gain * bias * (w_wm * wm + w_gm * gm + w_csf * csf + s["texture"])
-        uptake = pet_gain * regional * (gm + 0.3 * wm + 0.03 * csf) * (1.0 - hypo * s["region"])
-        uptake = ndimage.gaussian_filter(uptake, (0, pet_sigma_px, pet_sigma_px), mode="constant")
-
-        # --- orient (anterior up), crop to the patient's brain box, square, resize -------------
-        def orient(a):
-            return np.ascontiguousarray(np.swapaxes(a, 1, 2)[:, ::-1, :])
-
-        mri, uptake, brain, region = orient(mri), orient(uptake), orient(brain), orient(s["region"])
-        rows = np.flatnonzero(brain.any(axis=(0, 2)))
-        cols = np.flatnonzero(brain.any(axis=(0, 1)))
-        if rows.size == 0:  # degenerate (e.g. absurd z_range): keep the full field of view
-            rows, cols = np.arange(brain.shape[1]), np.arange(brain.shape[2])
-        m = max(1, int(round(3 / step)))
-        r0, r1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, brain.shape[1])
-        c0, c1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, brain.shape[2])
-        side = max(r1 - r0, c1 - c0)
-
-        def square(a):
-            out = np.zeros((a.shape[0], side, side), np.float32)
-            h, w = r1 - r0, c1 - c0
-            oy, ox = (side - h) // 2, (side - w) // 2
-            out[:, oy : oy + h, ox : ox + w] = a[:, r0:r1, c0:c1]
-            return _resize_stack(out, size)
-
-        mri, uptake = square(mri), square(uptake)
-        mri = np.sqrt((mri + noise_level * noise_mri[0]) ** 2 + (noise_level * noise_mri[1]) ** 2)
-        corr = ndimage.gaussian_filter(noise_pet, (0, 1.3, 1.3))
-        corr /= max(float(corr.std()), 1e-6)
-        pet = np.maximum(uptake, 0.0)
-        pet = pet + pet_noise_level * np.sqrt(pet / 0.8 + 0.02) * corr
-
+        lat = _draw_latents(rng, label, grid, params)
+        zs = np.clip(base_z + lat.z_off, 0, tpl.full_shape[2] - 1)
+        mri, pet, region = _render_patient(tpl, grid, lat, zs, params, region_out is not None)
         rows_sl = slice(i * slices_per_patient, (i + 1) * slices_per_patient)
-        mri_out[rows_sl] = np.clip(mri / _MRI_SCALE, 0.0, 1.0)
-        pet_out[rows_sl] = np.clip(pet / _PET_SCALE, 0.0, 1.0)
+        mri_out[rows_sl] = mri
+        pet_out[rows_sl] = pet
         if region_out is not None:
-            region_out[rows_sl] = np.clip(square(region), 0.0, 1.0)
+            region_out[rows_sl] = region
         slice_out[rows_sl] = zs
-        latents[f"BP{i + 1:04d}"] = {
-            "label": label,
-            "atrophy": round(atrophy, 6),
-            "hypometabolism": round(float(hypo), 6),
-            "scale": [round(float(v), 6) for v in scale],
-            "rotation_deg": [round(float(v), 6) for v in angles],
-            "z_offset": z_off,
-            "mri_gain": round(float(gain), 6),
-            "pet_gain": round(float(pet_gain), 6),
-        }
+        latents[f"BP{i + 1:04d}"] = _latent_record(label, lat)
 
-    import nilearn
-
-    provenance = {
-        "generator": "dpmedgen.data.phantom.make_brain_phantom",
-        "params": params,
-        "seed": int(seed),
-        "nilearn_version": nilearn.__version__,
-        "templates": dict(_TEMPLATE_NAMES),
-        "template_tissue_fit": {"wm": tpl.tissue_fit[0], "gm": tpl.tissue_fit[1], "csf": tpl.tissue_fit[2]},
-        "hypometabolism_blobs_mni_mm": [list(c) + [s_, w_] for c, s_, w_ in _HYPO_BLOBS],
-        "orientation": "axial; rows anterior->posterior (anterior at top), columns subject left->right",
-        "n_impaired": n_impaired,
-        "latents": latents,
-    }
     images = ImageSet(
         modalities={"mri": mri_out, "pet": pet_out},
         patient_id=np.repeat([f"BP{i + 1:04d}" for i in range(n_patients)], slices_per_patient),
         slice=slice_out,
         label=np.repeat(labels, slices_per_patient),
         dataset=DATASET_NAME,
-        provenance=provenance,
+        provenance=_provenance(params, seed, tpl, n_impaired, latents),
     )
     if return_region:
         return images, region_out
