@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -203,6 +204,79 @@ def _no_accounting_text(ledger: Mapping[str, Any] | None) -> str:
     return "\n\n".join(lines)
 
 
+def _numeric_columns(df: pd.DataFrame, ledger: Mapping[str, Any] | None, source: str) -> list[str]:
+    """The log's ``loss_*`` columns, made numeric in ``df``, with ε spent as float column ``_eps``."""
+    loss_cols = [c for c in df.columns if str(c).startswith(LOSS_PREFIX)]
+    if not loss_cols and not _protected_log(ledger):
+        raise ValueError(f"{source}: training log has no '{LOSS_PREFIX}*' column; columns: {list(map(str, df.columns))}")
+    for c in loss_cols:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    eps_col = (pd.to_numeric(df[EPSILON_SPENT], errors="coerce") if EPSILON_SPENT in df.columns
+               else pd.Series(np.nan, index=df.index))
+    df["_eps"] = eps_col.astype(float)
+    return loss_cols
+
+
+def _resolve_span(span: int | None, groups: list[tuple[str, str, pd.DataFrame]]) -> int:
+    """The EMA span: ``span``, or ``default_span`` of the longest line; raises ValueError below 1."""
+    if span is None:
+        span = default_span(max(len(rows) for _, _, rows in groups))
+    if span < 1:
+        raise ValueError(f"EMA span must be >= 1, got {span}")
+    return span
+
+
+def _draw_loss_panel(ax, col: str, groups: list[tuple[str, str, pd.DataFrame]], span: int, xlabel: str) -> int:
+    """One loss panel (epoch rows and their EMA per class); returns how many non-finite values it left out."""
+    smoothed = span > 1
+    dropped = 0
+    positive, finite_all = True, []
+    for label, color, rows in groups:
+        y = rows[col].to_numpy(dtype=float)
+        x = rows["step"].to_numpy(dtype=float)
+        ok = np.isfinite(y)
+        dropped += int((~ok).sum())
+        x, y = x[ok], y[ok]
+        if len(y) == 0:
+            continue
+        finite_all.append(y)
+        positive &= bool((y > 0).all())
+        marker = "o" if len(y) <= MARKERS_UP_TO else None
+        if smoothed:
+            ax.plot(x, y, color=color, lw=RAW_LW, alpha=RAW_ALPHA, marker=marker, ms=2.2, gid=f"raw:{col}:{label}")
+            ax.plot(x, ema(y, span), color=color, lw=SMOOTH_LW, gid=f"ema:{col}:{label}")
+        else:  # too few rows to smooth: the rows themselves are the line
+            ax.plot(x, y, color=color, lw=SMOOTH_LW, marker=marker or "o", ms=3, gid=f"raw:{col}:{label}")
+    panel_title = _loss_title(col)
+    if finite_all:
+        allv = np.concatenate(finite_all)
+        if positive and allv.min() > 0 and allv.max() / allv.min() > 100:
+            ax.set_yscale("log")
+            panel_title += " (log scale)"
+    else:
+        ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, color="#555555")
+    ax.set_title(panel_title)
+    ax.set_ylabel("loss (epoch mean)")
+    ax.set_xlabel(xlabel)
+    return dropped
+
+
+def _curve_legend_handles(groups: list[tuple[str, str, pd.DataFrame]], has_class: bool, span: int) -> list[Any]:
+    """Legend handles of the loss lines: one per class (if any), then the raw / EMA line styles."""
+    handles: list[Any] = []
+    if has_class:
+        handles += [Line2D([], [], color=color, lw=SMOOTH_LW, label=label) for label, color, _ in groups]
+    if span > 1:
+        handles += [
+            Line2D([], [], color="#555555", lw=RAW_LW, alpha=RAW_ALPHA + 0.15, label="per-epoch mean"),
+            Line2D([], [], color="#555555", lw=SMOOTH_LW, label=f"EMA (span {span} epochs)"),
+        ]
+    else:
+        handles += [Line2D([], [], color="#555555", lw=SMOOTH_LW, marker="o", ms=3,
+                           label="per-epoch mean (too few epochs to smooth)")]
+    return handles
+
+
 def plot_training_curves(
     train_log: str | os.PathLike | pd.DataFrame,
     ledger: Mapping[str, Any] | str | os.PathLike | None,
@@ -234,21 +308,10 @@ def plot_training_curves(
     """
     df, source = _read_log(train_log)
     ledger = read_ledger(ledger)
-    loss_cols = [c for c in df.columns if str(c).startswith(LOSS_PREFIX)]
-    if not loss_cols and not _protected_log(ledger):
-        raise ValueError(f"{source}: training log has no '{LOSS_PREFIX}*' column; columns: {list(map(str, df.columns))}")
-    for c in loss_cols:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    eps_col = (pd.to_numeric(df[EPSILON_SPENT], errors="coerce") if EPSILON_SPENT in df.columns
-               else pd.Series(np.nan, index=df.index))
-    df["_eps"] = eps_col.astype(float)
+    loss_cols = _numeric_columns(df, ledger, source)
     groups = _class_groups(df, str(ledger["privacy"]) if ledger and "privacy" in ledger else None)
     has_class = "class" in df.columns
-    if span is None:
-        span = default_span(max(len(rows) for _, _, rows in groups))
-    if span < 1:
-        raise ValueError(f"EMA span must be >= 1, got {span}")
-    smoothed = span > 1
+    span = _resolve_span(span, groups)
 
     n_loss_panels = max(len(loss_cols), 1)
     n = n_loss_panels + 1
@@ -258,36 +321,7 @@ def plot_training_curves(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     xlabel = "step (per class generator)" if has_class else "step"
 
-    dropped = 0
-    for ax, col in zip(axes, loss_cols):
-        positive, finite_all = True, []
-        for label, color, rows in groups:
-            y = rows[col].to_numpy(dtype=float)
-            x = rows["step"].to_numpy(dtype=float)
-            ok = np.isfinite(y)
-            dropped += int((~ok).sum())
-            x, y = x[ok], y[ok]
-            if len(y) == 0:
-                continue
-            finite_all.append(y)
-            positive &= bool((y > 0).all())
-            marker = "o" if len(y) <= MARKERS_UP_TO else None
-            if smoothed:
-                ax.plot(x, y, color=color, lw=RAW_LW, alpha=RAW_ALPHA, marker=marker, ms=2.2, gid=f"raw:{col}:{label}")
-                ax.plot(x, ema(y, span), color=color, lw=SMOOTH_LW, gid=f"ema:{col}:{label}")
-            else:  # too few rows to smooth: the rows themselves are the line
-                ax.plot(x, y, color=color, lw=SMOOTH_LW, marker=marker or "o", ms=3, gid=f"raw:{col}:{label}")
-        panel_title = _loss_title(col)
-        if finite_all:
-            allv = np.concatenate(finite_all)
-            if positive and allv.min() > 0 and allv.max() / allv.min() > 100:
-                ax.set_yscale("log")
-                panel_title += " (log scale)"
-        else:
-            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, color="#555555")
-        ax.set_title(panel_title)
-        ax.set_ylabel("loss (epoch mean)")
-        ax.set_xlabel(xlabel)
+    dropped = sum(_draw_loss_panel(ax, col, groups, span, xlabel) for ax, col in zip(axes, loss_cols))
     if dropped:
         warnings.warn(f"{source}: {dropped} non-finite loss values not drawn")
     if not loss_cols:  # e.g. a DP-SGD denoiser: its only loss is on real data, which the log does not release
@@ -301,18 +335,7 @@ def plot_training_curves(
         ax.set_axis_off()
 
     # one legend under the panels (never on top of data)
-    handles: list[Any] = []
-    if has_class:
-        handles += [Line2D([], [], color=color, lw=SMOOTH_LW, label=label) for label, color, _ in groups]
-    if smoothed:
-        handles += [
-            Line2D([], [], color="#555555", lw=RAW_LW, alpha=RAW_ALPHA + 0.15, label="per-epoch mean"),
-            Line2D([], [], color="#555555", lw=SMOOTH_LW, label=f"EMA (span {span} epochs)"),
-        ]
-    else:
-        handles += [Line2D([], [], color="#555555", lw=SMOOTH_LW, marker="o", ms=3,
-                           label="per-epoch mean (too few epochs to smooth)")]
-    handles += eps_handles
+    handles = _curve_legend_handles(groups, has_class, span) + eps_handles
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False,
                handlelength=2.2, columnspacing=1.5)
     fig.suptitle(_default_title(ledger, source) if title is None else title, fontweight="bold")
@@ -430,6 +453,111 @@ def _unit(kind: str, largest: float) -> tuple[str, float]:
     return ("GB", 1024.0) if largest >= 2048 else ("MB", 1.0)
 
 
+def _cost_rows(metrics: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    """The dataset's finite cost values and the panels they fill; raises ValueError when there are none."""
+    missing = [c for c in COST_REQUIRED if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks columns {missing}; expected {list(COST_REQUIRED)}")
+    df = metrics[metrics["dataset"] == dataset]
+    if df.empty:
+        present = sorted(map(str, metrics["dataset"].unique()))
+        raise ValueError(f"no metric rows for dataset {dataset!r}; datasets present: {present}")
+    df = df[df["metric"].isin([m for m, _, _ in COST_PANELS])].copy()
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    df = df[np.isfinite(df["value"].to_numpy())]
+    panels = [p for p in COST_PANELS if p[0] in set(df["metric"])]
+    if not panels:
+        raise ValueError(f"dataset {dataset!r} has no cost metrics ({', '.join(m for m, _, _ in COST_PANELS)})")
+    return df, panels
+
+
+@dataclass(frozen=True)
+class _Bar:
+    """One bar of a cost panel: where it stands and the values behind it (mean, 95 % interval, each run)."""
+
+    metric: str
+    model: str
+    privacy: str
+    x: float
+    width: float
+    mean: float
+    ci: tuple[float, float]
+    values: np.ndarray
+
+
+def _draw_cost_bar(ax, bar: _Bar, div: float, top: float, noise_of: Mapping[str, str] | None) -> bool:
+    """A bar with its whisker (▲ where clipped at ``top``) and run markers; returns whether it was clipped."""
+    (lo, hi), mean, x, key = bar.ci, bar.mean, bar.x, f"{bar.metric}:{bar.model}:{bar.privacy}"
+    clipped = False
+    laplace = privacy_noise(bar.privacy, noise_of) == "laplace"
+    ax.bar(x, mean / div, bar.width, color=privacy_color(bar.privacy), edgecolor="white", lw=0.4,
+           hatch=LAPLACE_HATCH if laplace else None, gid=f"bar:{key}", zorder=2)
+    if hi > lo:
+        ax.errorbar(x, mean / div, yerr=[[(mean - max(lo, 0.0)) / div], [(hi - mean) / div]], fmt="none",
+                    ecolor="#222222", elinewidth=0.7, capsize=1.4, capthick=0.7, zorder=3, gid=f"ci:{key}")
+        if hi / div > top:
+            clipped = True
+            ax.plot([x], [1.0], transform=ax.get_xaxis_transform(), marker="^", ms=3.2, color="#222222",
+                    lw=0, clip_on=False, zorder=4)
+    if len(bar.values) > 1:  # the runs behind the bar
+        ax.plot(np.full(len(bar.values), x), bar.values / div, lw=0, marker="o", ms=2.0, mfc="white",
+                mec="#222222", mew=0.5, zorder=3.5, gid=f"runs:{key}")
+    return clipped
+
+
+def _draw_cost_panel(ax, sub: pd.DataFrame, panel: tuple[str, str, str], models: list[str], privacies: list[str],
+                     noise_of: Mapping[str, str] | None) -> bool:
+    """One grouped bar chart (x = model, a bar per privacy mode); returns whether any whisker was clipped."""
+    metric, panel_title, kind = panel
+    width = 0.84 / len(privacies)
+    stats = {}
+    for (model, privacy), vals in sub.groupby(["model", "privacy"])["value"]:
+        v = vals.to_numpy()
+        stats[(model, privacy)] = (float(v.mean()), mean_ci95(v), v)
+    unit, div = _unit(kind, max(m for m, _, _ in stats.values()))
+    # the axis shows the data (every run's value); an interval running past it is clipped and marked ▲
+    # (with two values, e.g. two ε of one seed, the t-interval is ±12.7 half-ranges wide)
+    top = 1.12 * float(sub["value"].max()) / div
+    clipped_any = False
+    for i, model in enumerate(models):
+        for j, privacy in enumerate(privacies):
+            if (model, privacy) not in stats:
+                continue
+            mean, ci, values = stats[(model, privacy)]
+            bar = _Bar(metric, model, privacy, i + (j - (len(privacies) - 1) / 2) * width, width, mean, ci, values)
+            clipped_any |= _draw_cost_bar(ax, bar, div, top, noise_of)
+    ax.set_xticks(range(len(models)), [model_label(m) for m in models])
+    ax.set_xlim(-0.5, len(models) - 0.5)
+    ax.set_ylim(0, top if top > 0 else 1.0)
+    ax.grid(axis="x", visible=False)
+    ax.set_title(panel_title)
+    ax.set_ylabel(("time" if kind == "time" else "memory") + f" ({unit})")
+    return clipped_any
+
+
+def _cost_legend(fig, privacies: list[str], panels: list[tuple[str, str, str]], clipped_any: bool,
+                 noise_of: Mapping[str, str] | None) -> None:
+    """The legend under the panels, in two rows, with the notes (what bars and whiskers show) as its title."""
+    # two rows, so the modes of one technique (Laplace above Gaussian) share a column
+    handles: list[Any] = [
+        Patch(facecolor=privacy_color(p), edgecolor="white", lw=0.4,
+              hatch=LAPLACE_HATCH if privacy_noise(p, noise_of) == "laplace" else None, label=privacy_label(p))
+        for p in privacies
+    ]
+    if len(handles) % 2:
+        handles.append(Line2D([], [], lw=0, label=" "))
+    handles.append(Line2D([], [], lw=0, marker="o", ms=2.5, mfc="white", mec="#222222", mew=0.6, label="one run"))
+    handles.append(Line2D([], [], color="#222222", lw=0.7, marker="_", ms=4, label="95 % interval"))
+    notes = ["bar: mean over seeds and ε; whisker: 95 % Student-t interval of that mean"
+             + ("; ▲: whisker runs past the axis" if clipped_any else "")]
+    if "cost_train_wall_s" in {p[0] for p in panels} and any(str(p).startswith("output_") for p in privacies):
+        notes.append("output perturbation reuses the non-private generator: its train job only copies it")
+    # the notes are the legend's title: constrained layout keeps legend and notes clear of the panels
+    fig.legend(handles=handles, loc="outside lower center", ncol=max(1, len(handles) // 2), frameon=False,
+               handlelength=1.6, handleheight=1.0, columnspacing=1.4, title="\n".join(notes),
+               title_fontproperties={"size": 7}, alignment="center")
+
+
 def plot_cost(
     metrics: pd.DataFrame,
     dataset: str,
@@ -449,22 +577,9 @@ def plot_cost(
     ``metrics`` is the long study table (``dataset, model, privacy, epsilon_target, seed, metric, value``).
     Raises ValueError for missing columns, no rows for ``dataset`` or no cost metric at all.
     """
-    missing = [c for c in COST_REQUIRED if c not in metrics.columns]
-    if missing:
-        raise ValueError(f"metrics table lacks columns {missing}; expected {list(COST_REQUIRED)}")
-    df = metrics[metrics["dataset"] == dataset]
-    if df.empty:
-        present = sorted(map(str, metrics["dataset"].unique()))
-        raise ValueError(f"no metric rows for dataset {dataset!r}; datasets present: {present}")
-    df = df[df["metric"].isin([m for m, _, _ in COST_PANELS])].copy()
-    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
-    df = df[np.isfinite(df["value"].to_numpy())]
-    panels = [p for p in COST_PANELS if p[0] in set(df["metric"])]
-    if not panels:
-        raise ValueError(f"dataset {dataset!r} has no cost metrics ({', '.join(m for m, _, _ in COST_PANELS)})")
+    df, panels = _cost_rows(metrics, dataset)
     models = sorted(df["model"].unique(), key=_model_sort_key)
     privacies = sorted(df["privacy"].unique(), key=privacy_sort_key)
-    width = 0.84 / len(privacies)
 
     n = len(panels)
     ncols = 1 if n == 1 else 2
@@ -472,63 +587,12 @@ def plot_cost(
     fig = new_figure(3.5 * ncols, 2.1 * nrows + 0.55)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     clipped_any = False
-    for ax, (metric, panel_title, kind) in zip(axes, panels):
-        sub = df[df["metric"] == metric]
-        stats = {}
-        for (model, privacy), vals in sub.groupby(["model", "privacy"])["value"]:
-            v = vals.to_numpy()
-            stats[(model, privacy)] = (float(v.mean()), mean_ci95(v), v)
-        unit, div = _unit(kind, max(m for m, _, _ in stats.values()))
-        # the axis shows the data (every run's value); an interval running past it is clipped and marked ▲
-        # (with two values, e.g. two ε of one seed, the t-interval is ±12.7 half-ranges wide)
-        top = 1.12 * float(sub["value"].max()) / div
-        for i, model in enumerate(models):
-            for j, privacy in enumerate(privacies):
-                if (model, privacy) not in stats:
-                    continue
-                mean, (lo, hi), values = stats[(model, privacy)]
-                x = i + (j - (len(privacies) - 1) / 2) * width
-                laplace = privacy_noise(privacy, noise_of) == "laplace"
-                ax.bar(x, mean / div, width, color=privacy_color(privacy), edgecolor="white", lw=0.4,
-                       hatch=LAPLACE_HATCH if laplace else None, gid=f"bar:{metric}:{model}:{privacy}", zorder=2)
-                if hi > lo:
-                    ax.errorbar(x, mean / div, yerr=[[(mean - max(lo, 0.0)) / div], [(hi - mean) / div]], fmt="none",
-                                ecolor="#222222", elinewidth=0.7, capsize=1.4, capthick=0.7, zorder=3,
-                                gid=f"ci:{metric}:{model}:{privacy}")
-                    if hi / div > top:
-                        clipped_any = True
-                        ax.plot([x], [1.0], transform=ax.get_xaxis_transform(), marker="^", ms=3.2, color="#222222",
-                                lw=0, clip_on=False, zorder=4)
-                if len(values) > 1:  # the runs behind the bar
-                    ax.plot(np.full(len(values), x), values / div, lw=0, marker="o", ms=2.0, mfc="white",
-                            mec="#222222", mew=0.5, zorder=3.5, gid=f"runs:{metric}:{model}:{privacy}")
-        ax.set_xticks(range(len(models)), [model_label(m) for m in models])
-        ax.set_xlim(-0.5, len(models) - 0.5)
-        ax.set_ylim(0, top if top > 0 else 1.0)
-        ax.grid(axis="x", visible=False)
-        ax.set_title(panel_title)
-        ax.set_ylabel(("time" if kind == "time" else "memory") + f" ({unit})")
+    for ax, panel in zip(axes, panels):
+        clipped_any |= _draw_cost_panel(ax, df[df["metric"] == panel[0]], panel, models, privacies, noise_of)
     for ax in axes[n:]:
         ax.set_axis_off()
 
-    # legend in two rows, so the modes of one technique (Laplace above Gaussian) share a column
-    handles: list[Any] = [
-        Patch(facecolor=privacy_color(p), edgecolor="white", lw=0.4,
-              hatch=LAPLACE_HATCH if privacy_noise(p, noise_of) == "laplace" else None, label=privacy_label(p))
-        for p in privacies
-    ]
-    if len(handles) % 2:
-        handles.append(Line2D([], [], lw=0, label=" "))
-    handles.append(Line2D([], [], lw=0, marker="o", ms=2.5, mfc="white", mec="#222222", mew=0.6, label="one run"))
-    handles.append(Line2D([], [], color="#222222", lw=0.7, marker="_", ms=4, label="95 % interval"))
-    notes = ["bar: mean over seeds and ε; whisker: 95 % Student-t interval of that mean"
-             + ("; ▲: whisker runs past the axis" if clipped_any else "")]
-    if "cost_train_wall_s" in {p[0] for p in panels} and any(str(p).startswith("output_") for p in privacies):
-        notes.append("output perturbation reuses the non-private generator: its train job only copies it")
-    # the notes are the legend's title: constrained layout keeps legend and notes clear of the panels
-    fig.legend(handles=handles, loc="outside lower center", ncol=max(1, len(handles) // 2), frameon=False,
-               handlelength=1.6, handleheight=1.0, columnspacing=1.4, title="\n".join(notes),
-               title_fontproperties={"size": 7}, alignment="center")
+    _cost_legend(fig, privacies, panels, clipped_any, noise_of)
     fig.suptitle(f"{dataset}: job cost" if title is None else title, fontweight="bold")
     save_figure(fig, paths)
 
