@@ -101,6 +101,28 @@ def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, capl
         _evaluate(study, tmp_path, run, paths | {"checkpoint": None})
 
 
+def test_a_fusion_run_fuses_n_samples_evenly_spaced_pairs_the_same_for_every_run(study, tmp_path):
+    from dpmedgen.data.schema import read_image_set
+    from dpmedgen.generate import fused_pair_indices
+
+    run = RunSpec("toy", "ddcgan", "none", math.inf, 0)
+    paths = _run(study, tmp_path, run, {"width": 4, "modalities": ["mri", "pet"]})  # fuses all 6 test pairs
+    every = read_image_set(paths["samples_h5"])
+    assert len(every.patient_id) == 6
+    kwargs = {"images_h5": study / "images.h5", "splits_parquet": study / "splits.parquet"}
+    four = generate_samples(paths["checkpoint"], tmp_path / "four.h5", n_samples=4, seed=0, **kwargs)
+    other_seed = generate_samples(paths["checkpoint"], tmp_path / "other.h5", n_samples=4, seed=5, **kwargs)
+    chosen = [0, 2, 3, 5]  # evenly spaced, first and last included
+    assert fused_pair_indices(6, 4).tolist() == chosen and fused_pair_indices(10, 4).tolist() == [0, 3, 6, 9]
+    for samples in (four, other_seed):
+        assert list(zip(samples.patient_id, samples.slice)) == [(every.patient_id[i], every.slice[i]) for i in chosen]
+        np.testing.assert_array_equal(samples.label, every.label[chosen])
+    np.testing.assert_allclose(four.modalities["fused"], every.modalities["fused"][chosen], atol=1e-6)
+    assert fused_pair_indices(3, 256).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="at least one pair"):
+        fused_pair_indices(0, 4)
+
+
 def test_unlabelled_samples_skip_downstream_with_the_reason(study, tmp_path, caplog):
     run = RunSpec("toy", "dcgan", "none", math.inf, 0)
     paths = _run(study, tmp_path, run, {"width": 8, "latent_dim": 8}, class_generators=False)
