@@ -1,4 +1,4 @@
-# Draw samples from each trained model (a fusion model fuses generate.n_samples of the evaluation split's MRI-PET pairs).
+# Draw samples from each trained model (a fusion model fuses generate.n_samples test pairs).
 
 
 rule generate:
