@@ -56,8 +56,8 @@ for (_dataset, _model), _lacking in missing_modalities(config).items():
         f"dpmedgen: dataset {_dataset!r} has no modality {_lacking} that model {_model!r} needs; those runs are left out of the grid"
     )
 
-RESULTS = config.get("results_dir", "results")
-RESOURCES = config.get("resources_dir", "resources")
+RESULTS = config["results_dir"]
+RESOURCES = config["resources_dir"]
 RUNS = runs(config)
 RUN_ID = "{dataset}/{model}/{privacy}/eps{epsilon}/seed{seed}"
 RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{{model}}/{{privacy}}/eps{{epsilon}}/seed{{seed}}"

@@ -21,8 +21,8 @@ rule real_features:
         runtime=resources(config, "evaluate")["runtime"],
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
-        split=config["evaluate"].get("split", "test"),
-        batch_size=config["evaluate"].get("batch_size", 64),
+        split=config["evaluate"]["split"],
+        batch_size=config["evaluate"]["batch_size"],
     script:
         "../workflow_scripts/real_features.py"
 
@@ -46,8 +46,8 @@ rule downstream_reference:
         runtime=resources(config, "evaluate")["runtime"],
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
-        split=config["evaluate"].get("split", "test"),
-        epochs=config["evaluate"].get("downstream_epochs", 30),
+        split=config["evaluate"]["split"],
+        epochs=config["evaluate"]["downstream_epochs"],
     script:
         "../workflow_scripts/downstream_reference.py"
 
@@ -75,12 +75,7 @@ rule evaluate:
         runtime=resources(config, "evaluate")["runtime"],
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
-        metrics=config["evaluate"]["metrics"],
-        split=config["evaluate"].get("split", "test"),
-        batch_size=config["evaluate"].get("batch_size", 64),
-        nonmember_splits=config["evaluate"].get("nonmember_splits", ["val", "test"]),
-        inception_weights=config["evaluate"].get("inception_weights"),
-        downstream_epochs=config["evaluate"].get("downstream_epochs", 30),
+        evaluate=config["evaluate"],  # dpmedgen.settings.EvaluateSettings (defaults: the schema's)
     script:
         "../workflow_scripts/evaluate.py"
 

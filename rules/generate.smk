@@ -21,8 +21,8 @@ rule generate:
         mem_mb=resources(config, "generate")["mem_mb"],
         runtime=resources(config, "generate")["runtime"],
     params:
-        n_samples=config["generate"]["n_samples"],
-        split=config["evaluate"].get("split", "test"),
+        generate=config["generate"],  # dpmedgen.settings.GenerateSettings (defaults: the schema's)
+        split=config["evaluate"]["split"],
         randomness=config["privacy"]["randomness"],
     script:
         "../workflow_scripts/generate.py"

@@ -27,7 +27,7 @@ rule plot_privacy_utility:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
     params:
-        metrics=config["plot"].get("privacy_utility_metrics"),
+        plot=config["plot"],  # dpmedgen.settings.PlotSettings (defaults: the schema's)
         model=None,
     script:
         "../workflow_scripts/plot_privacy_utility.py"
@@ -48,7 +48,7 @@ use rule plot_privacy_utility as plot_privacy_utility_model with:
     benchmark:
         f"{BENCHMARKS}/plot/{{dataset}}/privacy_utility_{{model}}.tsv"
     params:
-        metrics=config["plot"].get("privacy_utility_metrics"),
+        plot=config["plot"],
         model=lambda w: w.model,
 
 
@@ -119,9 +119,8 @@ rule plot_comparison:
         runtime=resources(config, "plot")["runtime"],
     params:
         modalities=comparison_modalities,
-        split=config["evaluate"].get("split", "test"),
-        n_columns=config["plot"].get("n_columns", 8),
-        indices=config["plot"].get("image_indices"),
+        split=config["evaluate"]["split"],
+        plot=config["plot"],
     script:
         "../workflow_scripts/plot_comparison.py"
 

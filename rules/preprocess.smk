@@ -40,6 +40,6 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
-        canary_patients=config["split"].get("canary_patients", 0),
+        canary_patients=config["split"]["canary_patients"],
     script:
         "../workflow_scripts/split.py"

@@ -36,6 +36,6 @@ rule tables:
         mem_mb=resources(config, "plot")["mem_mb"],
         runtime=resources(config, "plot")["runtime"],
     params:
-        metrics=config["plot"].get("table_metrics"),
+        plot=config["plot"],  # dpmedgen.settings.PlotSettings (defaults: the schema's)
     script:
         "../workflow_scripts/tables.py"

@@ -204,5 +204,5 @@ def test_an_unlabelled_dataset_trains_one_generator_and_has_no_downstream_refere
     assert "class_generators" not in ledger and ledger["n_train_patients"] == 6 and ledger["epsilon_spent"] <= 2.0
     assert "state_dict" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     rows = downstream_reference(dataset="pairs", images_h5=tmp_path / "images.h5", splits_parquet=tmp_path / "splits.parquet",
-                                modality="mri", seed=0, out_parquet=tmp_path / "reference.parquet")
+                                modality="mri", seed=0, split="test", epochs=3, out_parquet=tmp_path / "reference.parquet")
     assert rows.empty and list(rows.columns)[:2] == ["dataset", "model"]

@@ -14,6 +14,7 @@ from dpmedgen.evaluate import aggregate, cost_rows, downstream_reference, evalua
 from dpmedgen.generate import generate_samples
 from dpmedgen.metrics import METRICS, all_metric_info
 from dpmedgen.runs import RunSpec
+from dpmedgen.settings import EvaluateSettings
 from dpmedgen.train import train_run
 
 ALL_FAMILIES = METRICS.names()
@@ -41,10 +42,12 @@ def _run(study, out, run: RunSpec, model_params: dict, class_generators: bool = 
     return paths
 
 
-def _evaluate(study, tmp_path, run, paths, **kwargs):
+def _evaluate(study, tmp_path, run, paths, metrics=ALL_FAMILIES, **kwargs):
+    """evaluate_run with `metrics` and the schema's defaults for the other evaluate settings."""
     return evaluate_run(
         run, images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
-        out_parquet=tmp_path / "metrics.parquet", **({"metrics": ALL_FAMILIES} | paths | kwargs),
+        settings=EvaluateSettings.from_config({"metrics": metrics}), out_parquet=tmp_path / "metrics.parquet",
+        **(paths | kwargs),
     )
 
 
@@ -134,7 +137,7 @@ def test_unlabelled_samples_skip_downstream_with_the_reason(study, tmp_path, cap
 
 def test_downstream_reference_trains_on_real_patients(study, tmp_path):
     rows = downstream_reference(dataset="toy", images_h5=study / "images.h5", splits_parquet=study / "splits.parquet",
-                                modality="mri", seed=1, epochs=3, out_parquet=tmp_path / "ref.parquet")
+                                modality="mri", seed=1, split="test", epochs=3, out_parquet=tmp_path / "ref.parquet")
     assert rows.equals(pd.read_parquet(tmp_path / "ref.parquet"))
     assert set(rows.model) == {"real_data"} and set(rows.privacy) == {"none"} and set(rows.seed) == {1}
     assert math.isinf(rows.epsilon_target.iloc[0])

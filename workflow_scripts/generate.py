@@ -3,11 +3,12 @@ from dpmedgen.runtime import start_job
 start_job(snakemake.log[0], snakemake.threads)
 
 from dpmedgen.generate import generate_samples
+from dpmedgen.settings import GenerateSettings
 
 generate_samples(
     snakemake.input.checkpoint,
     snakemake.output[0],
-    n_samples=snakemake.params.n_samples,
+    n_samples=GenerateSettings.from_config(snakemake.params.generate).n_samples,
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
     ledger=snakemake.input.ledger,

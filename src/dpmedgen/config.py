@@ -202,11 +202,20 @@ def check_config(config: dict[str, Any]) -> None:
 
 
 def _check_registries(config: dict[str, Any]) -> None:
-    from dpmedgen.data import DATASETS
-    from dpmedgen.metrics import METRICS
-    from dpmedgen.models import MODELS
-    from dpmedgen.privacy import PRIVACY_MODES
+    """Every name the config uses is registered, with parameters its class accepts; then the settings that
+    depend on them."""
+    _check_dataset_entries(config)
+    _check_model_entries(config)
+    grid = _check_grid(config)
+    _check_privacy_entries(config)
+    _check_audit(config)
+    _check_evaluate(config)
+    _check_plot(config)
+    _check_every_model_runs(config, grid)
 
+
+def _check_dataset_entries(config: dict[str, Any]) -> None:
+    from dpmedgen.data import DATASETS
     from dpmedgen.data.sources import DatasetError, make_source, resolve_remote_files
 
     for name, entry in config["datasets"].items():
@@ -225,6 +234,11 @@ def _check_registries(config: dict[str, Any]) -> None:
         if entry["modality"] not in adapter.modalities:
             raise ConfigError(f"config key datasets.{name}.modality: dataset {source!r} has no modality {entry['modality']!r}; "
                               f"it has {list(adapter.modalities)}")
+
+
+def _check_model_entries(config: dict[str, Any]) -> None:
+    from dpmedgen.models import MODELS
+
     for name in config["models"]:
         if name not in MODELS:
             raise ConfigError(f"config key models.{name}: unknown model; known: {MODELS.names()}")
@@ -236,6 +250,12 @@ def _check_registries(config: dict[str, Any]) -> None:
             train_settings(config, name)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key models.{name}.train: {err}") from None
+
+
+def _check_grid(config: dict[str, Any]) -> list[RunSpec]:
+    """The run grid, checked to train something on every studied dataset."""
+    from dpmedgen.privacy import PRIVACY_MODES
+
     for name in config["privacy"]["modes"]:
         if name not in PRIVACY_MODES:
             raise ConfigError(f"config key privacy.modes: unknown privacy mode {name!r}; known: {PRIVACY_MODES.names()}")
@@ -247,6 +267,12 @@ def _check_registries(config: dict[str, Any]) -> None:
                               f"modalities {lacking}; it has {list(dataset_modalities(config, name))})")
     if not grid:
         raise ConfigError("config keys models / privacy.modes: no model supports any listed privacy mode; nothing to run")
+    return grid
+
+
+def _check_privacy_entries(config: dict[str, Any]) -> None:
+    from dpmedgen.privacy import PRIVACY_MODES
+
     for name, params in config["privacy"].items():
         if name in ("modes", "epsilons", "delta", "randomness"):
             continue
@@ -260,6 +286,14 @@ def _check_registries(config: dict[str, Any]) -> None:
             PRIVACY_MODES.get(name)(target_epsilon=1.0, delta=config["privacy"]["delta"], **(params or {}))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key privacy.{name}: {err}") from None
+    private = [m for m in config["privacy"]["modes"] if m != NON_PRIVATE]
+    if private and not config["privacy"]["epsilons"]:
+        raise ConfigError(f"config key privacy.epsilons: private modes {private} need at least one epsilon")
+    if any(math.isinf(float(e)) for e in config["privacy"]["epsilons"]):
+        raise ConfigError("config key privacy.epsilons: list finite epsilons; the non-private run is mode 'none'")
+
+
+def _check_audit(config: dict[str, Any]) -> None:
     audit = config.get("audit") or {}
     for name in audit.get("models", []):
         if name not in config["models"]:
@@ -267,50 +301,61 @@ def _check_registries(config: dict[str, Any]) -> None:
     if audit.get("models") and "dpsgd" not in config["privacy"]["modes"]:
         raise ConfigError("config key audit.models: the one-run audit instruments DP-SGD runs, and privacy.modes lists "
                           "no 'dpsgd'; add it or set audit.models: []")
-    for name in config["evaluate"]["metrics"]:
+
+
+def _check_evaluate(config: dict[str, Any]) -> None:
+    """`evaluate:` against the metric registry and the split's fractions."""
+    from dpmedgen.metrics import METRICS
+    from dpmedgen.settings import EvaluateSettings
+
+    settings = EvaluateSettings.from_config(config["evaluate"])
+    for name in settings.metrics:
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics: unknown metric {name!r}; known: {METRICS.names()}")
-    private = [m for m in config["privacy"]["modes"] if m != NON_PRIVATE]
-    if private and not config["privacy"]["epsilons"]:
-        raise ConfigError(f"config key privacy.epsilons: private modes {private} need at least one epsilon")
-    if any(math.isinf(float(e)) for e in config["privacy"]["epsilons"]):
-        raise ConfigError("config key privacy.epsilons: list finite epsilons; the non-private run is mode 'none'")
     fractions = config["split"]["fractions"]
     if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
         raise ConfigError(f"config key split.fractions: fractions must sum to 1; got {sum(fractions.values()):g}")
-    split = config["evaluate"].get("split", "test")
+    split = settings.split
     if fractions.get(split, 0) <= 0:
         raise ConfigError(f"config key evaluate.split: split {split!r} has no patients (split.fractions.{split} = 0)")
-    for held_out in config["evaluate"].get("nonmember_splits", ["val", "test"]):
+    for held_out in settings.nonmember_splits:
         if fractions.get(held_out, 0) <= 0:
             raise ConfigError(
                 f"config key evaluate.nonmember_splits: split {held_out!r} has no patients (split.fractions.{held_out} = 0)"
             )
-    if "downstream" in config["evaluate"]["metrics"]:
+    if "downstream" in settings.metrics:
         if fractions.get("val", 0) <= 0:
             raise ConfigError("config key split.fractions.val: the downstream metric chooses its classifier on val patients; give val a fraction > 0")
         if split == "val":
             raise ConfigError("config key evaluate.split: the downstream metric selects on val, so it must test on another split (test)")
-    weights = config["evaluate"].get("inception_weights")
+    weights = settings.inception_weights
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(
             f"config key evaluate.inception_weights: no file {weights}; it should be the TF-Inception TorchScript "
             "file inception-2015-12-05.pt (see README), or null to skip fid_inception"
         )
-    from dpmedgen.metrics import all_metric_info
 
+
+def _check_plot(config: dict[str, Any]) -> None:
+    """`plot:` metric names (of any dataset's metrics) and grid positions (of the samples)."""
+    from dpmedgen.metrics import all_metric_info
+    from dpmedgen.settings import GenerateSettings, PlotSettings
+
+    settings = PlotSettings.from_config(config.get("plot"))
     sources = (config["models"].get("ddcgan") or {}).get("modalities", ["mri", "pet"])
     known = {i.name for i in all_metric_info(sources)}
     for key in ("privacy_utility_metrics", "table_metrics"):
-        for name in (config.get("plot") or {}).get(key, []):
+        for name in getattr(settings, key):
             if name not in known:
                 raise ConfigError(f"config key plot.{key}: unknown metric {name!r}; see README's metric table")
-    indices = (config.get("plot") or {}).get("image_indices")
-    n_samples = config["generate"]["n_samples"]
+    indices = settings.image_indices
+    n_samples = GenerateSettings.from_config(config["generate"]).n_samples
     if indices and max(indices) >= n_samples:
         raise ConfigError(f"config key plot.image_indices: {max(indices)} is not a sample position; generate.n_samples "
                           f"is {n_samples} (positions 0-{n_samples - 1})")
 
+
+def _check_every_model_runs(config: dict[str, Any], grid: list[RunSpec]) -> None:
     for name in config["models"]:
         if not any(r.model == name for r in grid) and all((d, name) in missing_modalities(config) for d in config["datasets"]):
             need = model_params(config, name).get("modalities") or list(getattr(_model_class(name), "default_modalities", ()))

@@ -24,12 +24,13 @@ from dpmedgen.generate import FUSED
 from dpmedgen.io import load_torch, verify_zip, write_atomic, write_parquet
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
-from dpmedgen.metrics.downstream import DEFAULT_EPOCHS, LabelledImages, LabelledSplits, downstream_utility
+from dpmedgen.metrics.downstream import LabelledImages, LabelledSplits, downstream_utility
 from dpmedgen.metrics.membership import discriminator_scorer
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
 from dpmedgen.results import EPSILON_SPENT, EPSILON_TARGET, GUARANTEE_COLUMNS, METRIC_COLUMNS, NO_GUARANTEE, REAL_DATA, RUN_KEYS
 from dpmedgen.runs import RunSpec
+from dpmedgen.settings import EvaluateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def real_features(
     splits_parquet: str | os.PathLike,
     modality: str,
     split: str,
+    batch_size: int,
     out_path: str | os.PathLike,
-    batch_size: int = 64,
     threads: int = 1,
 ) -> None:
     """Encoder features of the real images of `split`, computed once and shared by every run's evaluation."""
@@ -65,65 +66,98 @@ def evaluate_run(
     images_h5: str | os.PathLike,
     splits_parquet: str | os.PathLike,
     modality: str,
-    metrics: list[str],
-    split: str = "test",
-    batch_size: int = 64,
+    settings: EvaluateSettings,
     threads: int = 1,
     real_features_file: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     ledger: str | os.PathLike | None = None,
-    nonmember_splits: Iterable[str] = ("val", "test"),
-    inception_weights: str | os.PathLike | None = None,
-    downstream_epochs: int = DEFAULT_EPOCHS,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Score one run's released samples; write and return its long metric rows.
+    """Score one run's released samples with `settings.metrics`; write and return its long metric rows.
 
-    - Fidelity and image quality compare the samples with the real `modality` images of `split` (held-out
-      patients). A fusion run's fused images are compared with the real `modality` images there, and with
-      their own source pairs (`sources`) by the fusion and source-quality families.
+    - Fidelity and image quality compare the samples with the real `modality` images of `settings.split`
+      (held-out patients). A fusion run's fused images are compared with the real `modality` images there, and
+      with their own source pairs (`sources`) by the fusion and source-quality families.
     - Membership inference: members are the training patients' `modality` images (but the canary patients',
-      which the canary family audits), non-members the patients of `nonmember_splits`. The white-box attack uses the run's discriminator in `checkpoint` (a fusion
-      model's discriminator of `modality`); the black-box distance attack needs unconditional samples and is
-      skipped for fusion runs. Bounds come from the run's `ledger`.
+      which the canary family audits), non-members the patients of `settings.nonmember_splits`. The white-box
+      attack uses the run's discriminator in `checkpoint` (a fusion model's discriminator of `modality`); the
+      black-box distance attack needs unconditional samples and is skipped for fusion runs. Bounds come from
+      the run's `ledger`.
     - Downstream utility: a classifier trained on the labelled samples (one generator per class), its epoch
-      chosen on the real `val` patients, tested on the real patients of `split`.
+      chosen on the real `val` patients, tested on the real patients of `settings.split`.
     - Families whose inputs this run does not have are skipped, and the reason is logged.
     """
     import torch
 
     torch.set_num_threads(threads)
-    real = _real_images(images_h5, splits_parquet, split, modality)
+    real = _real_images(images_h5, splits_parquet, settings.split, modality)
     fake = read_image_set(samples_h5)
     if len(fake.modalities) != 1:
         raise ValueError(f"{samples_h5}: expected one generated modality, found {sorted(fake.modalities)}")
     (fake_modality, fake_pixels), = fake.modalities.items()  # the trained modality, or "fused" for fusion
-    features = None
-    if real_features_file is not None:
-        cached = load_torch(real_features_file)
-        if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
-            raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
-        features = cached["features"]
-
+    features = _cached_real_features(real_features_file, real)
     inputs: dict[str, Any] = {"ledger": read_ledger(ledger) if ledger is not None else None}
-    model = None
-    if checkpoint is not None:
-        from dpmedgen.train.run import load_model
-
-        verify_zip(checkpoint)  # CRC-32s: torch.load does not check them
-        model, state = load_model(checkpoint)
+    model, state = _load_checkpoint(checkpoint)
     if fake_modality == FUSED:
         if model is None:
             raise ValueError(f"{samples_h5}: fused samples; give the run's checkpoint (it names the source modalities)")
-        source_names = list(state["modalities"])
-        inputs["sources"] = _source_images(images_h5, fake, source_names, samples_h5)
+        inputs["sources"] = _source_images(images_h5, fake, list(state["modalities"]), samples_h5)
     splits = read_splits(splits_parquet)
     everyone = read_image_set(images_h5, modalities=[modality])
+    inputs |= _membership_inputs(everyone, splits, modality, settings.nonmember_splits)
+    if model is not None:
+        # a fusion model's discriminator of `modality` judges real `modality` images against fused ones
+        network = f"discriminator_{modality}" if fake_modality == FUSED else None
+        if network is None or hasattr(model, network):
+            inputs["discriminator"] = discriminator_scorer(model, checkpoint=state, network=network)
+    if settings.inception_weights is not None:
+        inputs["inception_weights"] = os.fspath(settings.inception_weights)
+    if fake_modality != FUSED and len(fake.label) and (fake.label >= 0).all():  # one generator per class
+        inputs["fake_labels"] = fake.label
+    if "downstream" in settings.metrics and (everyone.label >= 0).all():  # no class labels: nothing to classify
+        inputs["labelled_real"] = LabelledSplits(
+            val=_labelled(select_split(everyone, splits, SELECTION_SPLIT), modality),
+            test=_labelled(real, modality),
+            epochs=settings.downstream_epochs,
+        )
+    values = _compute_and_log(run, real.modalities[modality], fake_pixels, settings, features, inputs)
+    families = {i.name: i.family for i in all_metric_info(list(inputs.get("sources") or ("mri", "pet")))}
+    rows = pd.DataFrame(
+        [run.table_keys() | {"metric": name, "value": float(v),
+                             "reference": _reference(families.get(name, ""), settings.split),
+                             "n_real": len(real), "n_fake": len(fake)}
+         for name, v in values.items()]
+    )
+    write_parquet(rows, out_parquet)
+    return rows
+
+
+def _cached_real_features(real_features_file, real: ImageSet):
+    """The real images' encoder features from `real_features_file` (None: computed by the metrics)."""
+    if real_features_file is None:
+        return None
+    cached = load_torch(real_features_file)
+    if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
+        raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
+    return cached["features"]
+
+
+def _load_checkpoint(checkpoint) -> tuple[Any, dict[str, Any] | None]:
+    if checkpoint is None:
+        return None, None
+    from dpmedgen.train.run import load_model
+
+    verify_zip(checkpoint)  # CRC-32s: torch.load does not check them
+    return load_model(checkpoint)
+
+
+def _membership_inputs(everyone: ImageSet, splits: pd.DataFrame, modality: str, nonmember_splits) -> dict[str, Any]:
+    """Members (the training patients but the canary carriers), non-members (`nonmember_splits`), and the
+    canary carriers' share of the training images."""
     members = select_split(everyone, splits, "train")
     held_out = [select_split(everyone, splits, s) for s in nonmember_splits]
     carriers = pd.Series(members.patient_id.astype(str)).isin(canary_patients(splits)).to_numpy()
-    if carriers.any():
-        inputs["canary"] = float(carriers.mean())
+    inputs: dict[str, Any] = {"canary": float(carriers.mean())} if carriers.any() else {}
     # The canary patients are audited by the canary family; as members their marked images would separate
     # them from every non-member by the marker alone, so the attacks compare unmarked patients only.
     inputs["members"] = PatientImages(members.modalities[modality][~carriers], members.patient_id[~carriers])
@@ -131,26 +165,16 @@ def evaluate_run(
         np.concatenate([h.modalities[modality] for h in held_out]),
         np.concatenate([h.patient_id for h in held_out]),
     )
-    if model is not None:
-        # a fusion model's discriminator of `modality` judges real `modality` images against fused ones
-        network = f"discriminator_{modality}" if fake_modality == FUSED else None
-        if network is None or hasattr(model, network):
-            inputs["discriminator"] = discriminator_scorer(model, checkpoint=state, network=network)
-    if inception_weights is not None:
-        inputs["inception_weights"] = os.fspath(inception_weights)
-    if fake_modality != FUSED and len(fake.label) and (fake.label >= 0).all():  # one generator per class
-        inputs["fake_labels"] = fake.label
-    if "downstream" in metrics and (everyone.label >= 0).all():  # a set without class labels has nothing to classify
-        inputs["labelled_real"] = LabelledSplits(
-            val=_labelled(select_split(everyone, splits, SELECTION_SPLIT), modality),
-            test=_labelled(real, modality),
-            epochs=downstream_epochs,
-        )
+    return inputs
 
+
+def _compute_and_log(run: RunSpec, real_pixels, fake_pixels, settings: EvaluateSettings, features, inputs) -> dict:
+    """Every requested family's values (undefined ones left out), with skipped families, timings and the
+    left-out metrics logged."""
     skipped: dict[str, str] = {}
     timings: dict[str, float] = {}
     values = compute_metrics(
-        real.modalities[modality], fake_pixels, metrics, batch_size=batch_size, seed=run.seed,
+        real_pixels, fake_pixels, list(settings.metrics), batch_size=settings.batch_size, seed=run.seed,
         real_features=features, skipped=skipped, timings=timings, **inputs,
     )
     for family, reason in skipped.items():
@@ -161,14 +185,7 @@ def evaluate_run(
     if undefined:  # e.g. VIF of images under 41x41: no row rather than a NaN that plots and tables must special-case
         logger.warning("%s: metrics undefined for these images, left out: %s", run.name, ", ".join(undefined))
         values = {name: v for name, v in values.items() if name not in undefined}
-    families = {i.name: i.family for i in all_metric_info(list(inputs.get("sources") or ("mri", "pet")))}
-    rows = pd.DataFrame(
-        [run.table_keys() | {"metric": name, "value": float(v), "reference": _reference(families.get(name, ""), split),
-                          "n_real": len(real), "n_fake": len(fake)}
-         for name, v in values.items()]
-    )
-    write_parquet(rows, out_parquet)
-    return rows
+    return values
 
 
 def _labelled(images: ImageSet, modality: str) -> LabelledImages:
@@ -187,8 +204,8 @@ def downstream_reference(
     splits_parquet: str | os.PathLike,
     modality: str,
     seed: int,
-    split: str = "test",
-    epochs: int = DEFAULT_EPOCHS,
+    split: str,
+    epochs: int,
     threads: int = 1,
     out_parquet: str | os.PathLike,
 ) -> pd.DataFrame:
