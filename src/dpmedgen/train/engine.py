@@ -288,115 +288,144 @@ def train_model(
     nets, opts, loaders = privacy.attach(model, nets, opts, data, cfg.batch_size, cfg.steps)
     epoch_steps = _epoch_length(loaders, data, cfg.batch_size)
     n_epochs = math.ceil(cfg.steps / epoch_steps)
-    use_amp = cfg.amp and device.type == "cuda"
-    epsilon_every = max(1, n_epochs // 50)
-
     rows: list[dict[str, float]] = []
     start_epoch = 0
     if state is not None:
-        for name, net_state in state["networks"].items():
-            _unwrap(nets[name]).load_state_dict(net_state)
-        for name, opt_state in state["optimizers"].items():
-            _load_optimizer_state(opts[name], opt_state)
-        privacy.load_state_dict(state["privacy"])
-        _set_rng_state(state["rng"], loaders)
-        rows, start_epoch = state["rows"], state["epoch"]
+        rows, start_epoch = _restore(state, nets, opts, privacy, loaders)
         log.info("%s: resuming from %s after epoch %d (step %d)", run_name, resume, start_epoch, start_epoch * epoch_steps)
 
-    protected = [p.name for p in players if privacy.protects(p)]
-    fh = None
-    writer = None
-
-    def write_rows(new_rows: list[dict[str, float]]) -> None:
-        """Append to the CSV log; its columns are those of the first row (every row has the same keys)."""
-        nonlocal fh, writer
-        if log_csv is None or not new_rows:
-            return
-        if writer is None:
-            Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
-            fh = open(log_csv, "w", newline="")
-            writer = csv.DictWriter(fh, fieldnames=list(new_rows[0]))
-            writer.writeheader()
-        writer.writerows(new_rows)
-        fh.flush()
-
-    write_rows(rows)
-
-    def checkpoint(epoch: int) -> None:
-        if resume is None:
-            return
-        _save_atomic(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": run_fingerprint,
-                "epoch": epoch,
-                # the networks actually trained (a privacy mode may have replaced one, e.g. the functional head)
-                "networks": {name: _unwrap(net).state_dict() for name, net in nets.items()},
-                "optimizers": {name: _optimizer_state(opt) for name, opt in opts.items()},
-                "privacy": privacy.state_dict(),
-                # the privacy mode's random root (a secret in the default setting): kept only in this private
-                # file, which is removed when the run completes
-                "random_root": format(privacy.seed, "x"),
-                "rng": _rng_state(loaders),
-                "rows": rows,
-            },
-            resume,
-        )
-
-    step = start_epoch * epoch_steps
-    bar = tqdm(total=cfg.steps, initial=step, desc=run_name, disable=not progress, mininterval=2.0)
+    loop = _Loop(model, players, nets, opts, loaders, privacy, cfg, device, run_name, epoch_steps, n_epochs)
+    csv_log = _CsvLog(log_csv)
+    csv_log.write(rows)
+    bar = tqdm(total=cfg.steps, initial=start_epoch * epoch_steps, desc=run_name, disable=not progress, mininterval=2.0)
     try:
         for epoch in range(start_epoch + 1, n_epochs + 1):
-            iters = {name: iter(loader) for name, loader in loaders.items()}
-            sums = {p.name: 0.0 for p in players}
-            counts = {p.name: 0 for p in players}
-            public_sums = {p.name: 0.0 for p in players}
-            public_counts = {p.name: 0 for p in players}
-            n_real, t0 = 0, time.perf_counter()
-            steps_this_epoch = min(epoch_steps, cfg.steps - step)
-            for _ in range(steps_this_epoch):
-                step += 1
-                for player in players:
-                    loss, b, public = _update(
-                        model, player, nets, opts, iters, privacy, cfg.batch_size, device, use_amp, players
-                    )
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(f"{run_name}: non-finite {player.name} loss at step {step}")
-                    sums[player.name] += loss
-                    counts[player.name] += b
-                    if public is not None:
-                        public_sums[player.name] += public
-                        public_counts[player.name] += 1
-                    if player.reads_real_data and player.name in iters:
-                        n_real += b
-                bar.update(1)
-            seconds = time.perf_counter() - t0
-            last = epoch == n_epochs
-            row: dict[str, float] = {"epoch": epoch, "step": step}
-            for p in players:
-                if p.name not in protected:
-                    row[f"loss_{p.name}"] = sums[p.name] / max(counts[p.name], 1)
-                elif public_counts[p.name]:  # a protected network: only its loss on generated data is released
-                    row[f"loss_{p.name}_generated"] = public_sums[p.name] / public_counts[p.name]
-            if not protected:  # the Poisson batch size of a protected network is a count of real data
-                # real examples read per step (0 once the functional mechanism has released its statistics)
-                row["real_batch"] = n_real / steps_this_epoch
-            # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
-            row["epsilon_spent"] = privacy.epsilon_for_log() if (epoch % epsilon_every == 0 or last) else float("nan")
-            row["seconds_per_step"] = seconds / steps_this_epoch
+            row = loop.epoch(epoch, bar)
             rows.append(row)
-            write_rows([row])
+            csv_log.write([row])
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in row.items() if k.startswith("loss_")}
                             | ({"eps": f"{row['epsilon_spent']:.2f}"} if math.isfinite(row["epsilon_spent"]) else {}))
+            last = epoch == n_epochs
             if on_grid is not None and ((cfg.grid_every and epoch % cfg.grid_every == 0) or last):
                 on_grid(epoch, model)
-            if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or last:
-                checkpoint(epoch)
+            if resume is not None and ((cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or last):
+                _save_resume(resume, run_fingerprint, epoch, nets, opts, privacy, loaders, rows)
     finally:
         bar.close()
-        if fh is not None:
-            fh.close()
+        csv_log.close()
     return rows
+
+
+def _restore(state: dict[str, Any], nets, opts, privacy: PrivacyMode, loaders) -> tuple[list[dict[str, float]], int]:
+    """Networks, optimizers, privacy state and RNG streams from a resume checkpoint; its log rows and epoch."""
+    for name, net_state in state["networks"].items():
+        _unwrap(nets[name]).load_state_dict(net_state)
+    for name, opt_state in state["optimizers"].items():
+        _load_optimizer_state(opts[name], opt_state)
+    privacy.load_state_dict(state["privacy"])
+    _set_rng_state(state["rng"], loaders)
+    return state["rows"], state["epoch"]
+
+
+def _save_resume(resume: Path, fingerprint: str, epoch: int, nets, opts, privacy: PrivacyMode, loaders, rows) -> None:
+    """The resume checkpoint after `epoch` (atomic)."""
+    _save_atomic(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            # the networks actually trained (a privacy mode may have replaced one, e.g. the functional head)
+            "networks": {name: _unwrap(net).state_dict() for name, net in nets.items()},
+            "optimizers": {name: _optimizer_state(opt) for name, opt in opts.items()},
+            "privacy": privacy.state_dict(),
+            # the privacy mode's random root (a secret in the default setting): kept only in this private
+            # file, which is removed when the run completes
+            "random_root": format(privacy.seed, "x"),
+            "rng": _rng_state(loaders),
+            "rows": rows,
+        },
+        resume,
+    )
+
+
+class _CsvLog:
+    """The per-epoch CSV log, appended row by row; its columns are those of the first row (every row has the
+    same keys). No file without `path` or before the first row."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path, self.fh, self.writer = path, None, None
+
+    def write(self, rows: list[dict[str, float]]) -> None:
+        if self.path is None or not rows:
+            return
+        if self.writer is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "w", newline="")
+            self.writer = csv.DictWriter(self.fh, fieldnames=list(rows[0]))
+            self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+class _Loop:
+    """One training run's epochs: each step updates every player in order (`_update`); an epoch's log row
+    releases only what the privacy mode allows."""
+
+    def __init__(self, model, players, nets, opts, loaders, privacy, cfg, device, run_name, epoch_steps, n_epochs):
+        self.model, self.players, self.nets, self.opts, self.loaders = model, players, nets, opts, loaders
+        self.privacy, self.cfg, self.device, self.run_name = privacy, cfg, device, run_name
+        self.epoch_steps, self.n_epochs = epoch_steps, n_epochs
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.epsilon_every = max(1, n_epochs // 50)
+        self.protected = [p.name for p in players if privacy.protects(p)]
+
+    def epoch(self, epoch: int, bar) -> dict[str, float]:
+        """Train epoch `epoch` (1-based) and return its log row."""
+        iters = {name: iter(loader) for name, loader in self.loaders.items()}
+        names = [p.name for p in self.players]
+        sums, counts = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+        public_sums, public_counts = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+        n_real, t0 = 0, time.perf_counter()
+        step = (epoch - 1) * self.epoch_steps
+        steps_this_epoch = min(self.epoch_steps, self.cfg.steps - step)
+        for _ in range(steps_this_epoch):
+            step += 1
+            for player in self.players:
+                loss, b, public = _update(
+                    self.model, player, self.nets, self.opts, iters, self.privacy, self.cfg.batch_size, self.device,
+                    self.use_amp, self.players,
+                )
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"{self.run_name}: non-finite {player.name} loss at step {step}")
+                sums[player.name] += loss
+                counts[player.name] += b
+                if public is not None:
+                    public_sums[player.name] += public
+                    public_counts[player.name] += 1
+                if player.reads_real_data and player.name in iters:
+                    n_real += b
+            bar.update(1)
+        seconds = time.perf_counter() - t0
+        row: dict[str, float] = {"epoch": epoch, "step": step}
+        for p in self.players:
+            if p.name not in self.protected:
+                row[f"loss_{p.name}"] = sums[p.name] / max(counts[p.name], 1)
+            elif public_counts[p.name]:  # a protected network: only its loss on generated data is released
+                row[f"loss_{p.name}_generated"] = public_sums[p.name] / public_counts[p.name]
+        if not self.protected:  # the Poisson batch size of a protected network is a count of real data
+            # real examples read per step (0 once the functional mechanism has released its statistics)
+            row["real_batch"] = n_real / steps_this_epoch
+        # the accountant is called at most ~50 times per run (it costs ~0.1 s per call); blank between
+        last = epoch == self.n_epochs
+        row["epsilon_spent"] = (
+            self.privacy.epsilon_for_log() if (epoch % self.epsilon_every == 0 or last) else float("nan")
+        )
+        row["seconds_per_step"] = seconds / steps_this_epoch
+        return row
 
 
 def _as_batch(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
