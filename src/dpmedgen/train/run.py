@@ -7,7 +7,8 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,12 @@ def train_run(
     """Train `run` and write its checkpoint, privacy ledger, per-epoch training log and (in
     `progress_dir`) sample grids; return the ledger.
 
-    A resume checkpoint (`resume.pt` beside `checkpoint`) is written during training; if the job is
-    killed and started again with the same settings it continues from there, and the file is removed
-    once the run has finished.
+    A resume checkpoint (`resume.pt` beside `checkpoint`) is written during training; a killed job started again
+    with the same settings continues from there; the file is removed once the run has finished.
 
-    Modes that add no privacy to training (`reuses_nonprivate_training`, e.g. output perturbation) do not
-    train again: they take the non-private run of the same dataset, model and seed
-    (`reference_checkpoint`, `reference_log`, `reference_progress_dir`) and only write their own ledger.
+    Modes that add no privacy to training (`reuses_nonprivate_training`, e.g. output perturbation) take the
+    non-private run of the same dataset, model and seed (`reference_checkpoint`, `reference_log`,
+    `reference_progress_dir`) and only write their own ledger.
 
     With `train["class_generators"]`, an unconditional model is trained once per class label of the train
     split, on that class's patients only, each with its own privacy-mode instance and random streams and
@@ -100,18 +100,10 @@ def train_run(
     run, each class generator) its own 128-bit root from the OS, kept only in the resume files; "deterministic"
     derives it from the public run seed (bit-identical reruns; not a DP release, and the ledger says so).
 
-    `init_checkpoint` (`dpmedgen.train.pretrain`): weights pretrained on a public dataset that the model (every
-    class generator) starts from instead of its random initialisation; the ledger's `initialisation` says which.
+    `init_checkpoint` (`dpmedgen.train.pretrain`): public pretrained weights every model starts from (the
+    ledger's `initialisation` says which).
     """
     check_randomness(randomness)
-
-    def new_privacy_mode(seed: int):
-        root = seed if randomness == "deterministic" else None  # None: a fresh secret
-        return PRIVACY_MODES.get(run.privacy)(target_epsilon=run.epsilon, delta=delta, seed=root, **privacy_params)
-
-    privacy = new_privacy_mode(run.seed)
-    identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
-
     seed_everything(run.seed)  # weight initialisation must not depend on what ran before in this process
     model, data = model_and_training_data(run, images_h5, splits_parquet, modality, model_params)
     image_size, modalities = int(data.images.shape[-1]), model_modalities(model, modality)
@@ -119,12 +111,17 @@ def train_run(
     if init_checkpoint is not None:
         init_state = load_pretrained(init_checkpoint, run.model, model_params, image_size)
         model.load_state_dict(init_state["state_dict"])
-    initialisation = initialisation_record(init_state)
+    job = _RunTraining(
+        run=run, model_params=dict(model_params), privacy_params=dict(privacy_params), delta=delta,
+        randomness=randomness, modalities=modalities, image_size=image_size, init_state=init_state,
+        checkpoint=Path(checkpoint), progress_dir=progress_dir, progress=progress,
+    )
+    privacy = job.new_privacy_mode(run.seed)
+    identity = {"dataset": run.dataset, "model": run.model, "privacy": run.privacy, "seed": run.seed}
     sizes = {"n_train_images": data.n_images, "n_train_patients": data.n_patients}
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
         Path(progress_dir).mkdir(parents=True)
-
     if privacy.reuses_nonprivate_training:
         state = _reference_state(run, reference_checkpoint)
         privacy.set_output_shape(tuple(state["output_shape"]))
@@ -133,14 +130,12 @@ def train_run(
         if "classes" in state:
             record["class_generators"] = list(state["classes"])
         state["run"] = run.as_dict()
-        _save_checkpoint(state, checkpoint)
-        shutil.copyfile(reference_log, log_csv)
-        if progress_dir is not None and reference_progress_dir is not None:
-            shutil.copytree(reference_progress_dir, progress_dir, dirs_exist_ok=True)
+        _copy_reference_outputs(state, checkpoint, reference_log, log_csv, reference_progress_dir, progress_dir)
         write_ledger(ledger, record)
         return record
 
     cfg = TrainConfig(seed=run.seed, **train)
+    job.grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
     state = {
         "run": run.as_dict(),
         "model": run.model,
@@ -148,37 +143,90 @@ def train_run(
         "image_size": image_size,
         "modalities": list(modalities),
         "output_shape": [1, image_size, image_size],
-        "initialisation": initialisation,
+        "initialisation": job.initialisation,
     }
-    grid_inputs = _grid_inputs(model, images_h5, splits_parquet, modalities)
-
-    def train_one(model: GenerativeModel, part: TrainingData, privacy, cfg: TrainConfig, tag: str, log_path):
-        """Train `model` on `part`; `tag` names its resume file and progress grids ("" for a single model)."""
-        resume = Path(checkpoint).with_name(f"resume{tag}.pt")
-        run_fingerprint = fingerprint(
-            run=run.as_dict(), model_params=model_params, privacy_params=privacy_params, delta=delta, randomness=randomness,
-            train=cfg.fingerprint_fields(), modalities=modalities, tag=tag, initialisation=initialisation,
-            data=hashlib.sha256(part.images.numpy().tobytes()).hexdigest(),
-        )
-
-        def on_grid(epoch: int, trained: GenerativeModel) -> None:
-            if progress_dir is not None:
-                _write_grid(trained, grid_inputs, Path(progress_dir) / f"epoch_{epoch:05d}{tag}.png")
-
-        rows = train_model(
-            model, part, privacy, cfg, run_name=f"{run.name}{tag}", log_csv=log_path, resume_path=resume,
-            run_fingerprint=run_fingerprint, on_grid=on_grid, progress=progress,
-        )
-        return rows, resume
-
     if not uses_class_generators(cfg, model, data, run.name):
-        rows, resume = train_one(model, data, privacy, cfg, "", log_csv)
+        rows, resume = job.train_one(model, data, privacy, cfg, "", log_csv)
         # The run's identity goes beside the ledger (its `epsilon_spent` is the bound, `epsilon_target` the target).
-        record = privacy.full_ledger() | identity | sizes | initialisation
+        record = privacy.full_ledger() | identity | sizes | job.initialisation
         state |= {"state_dict": model.state_dict(), "final_log": rows[-1] if rows else {}}
         resumes = [resume]
     else:
-        parts = class_parts(data, run)
+        ledgers, classes, resumes = job.train_classes(data, cfg, log_csv)
+        record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(ledgers)} | job.initialisation
+        state |= classes
+    _save_checkpoint(state, checkpoint)
+    write_ledger(ledger, record)
+    for resume in resumes:
+        resume.unlink(missing_ok=True)
+    return record
+
+
+def _copy_reference_outputs(state, checkpoint, reference_log, log_csv, reference_progress_dir, progress_dir) -> None:
+    """A run that reuses the non-private training: its checkpoint (the reference's weights under its own
+    identity), and the reference's log and progress grids."""
+    _save_checkpoint(state, checkpoint)
+    shutil.copyfile(reference_log, log_csv)
+    if progress_dir is not None and reference_progress_dir is not None:
+        shutil.copytree(reference_progress_dir, progress_dir, dirs_exist_ok=True)
+
+
+@dataclass
+class _RunTraining:
+    """What every training of one run shares (the model, or each class generator): its settings, the weights
+    it starts from, and where its resume files and progress grids go."""
+
+    run: RunSpec
+    model_params: dict[str, Any]
+    privacy_params: dict[str, Any]
+    delta: float
+    randomness: str
+    modalities: tuple[str, ...]
+    image_size: int
+    init_state: dict[str, Any] | None
+    checkpoint: Path
+    progress_dir: str | os.PathLike | None
+    progress: bool
+    grid_inputs: Any = None
+
+    @cached_property
+    def initialisation(self) -> dict[str, Any]:
+        """What the ledger says about the weights every training of the run starts from."""
+        return initialisation_record(self.init_state)
+
+    def new_privacy_mode(self, seed: int):
+        """The run's privacy mode with its own random root: `seed` when deterministic, else a fresh secret."""
+        root = seed if self.randomness == "deterministic" else None
+        return PRIVACY_MODES.get(self.run.privacy)(
+            target_epsilon=self.run.epsilon, delta=self.delta, seed=root, **self.privacy_params
+        )
+
+    def train_one(self, model: GenerativeModel, part: TrainingData, privacy, cfg: TrainConfig, tag: str, log_path):
+        """Train `model` on `part`; `tag` names its resume file and progress grids ("" for a single model).
+        Returns the log rows and the resume file."""
+        run = self.run
+        resume = self.checkpoint.with_name(f"resume{tag}.pt")
+        run_fingerprint = fingerprint(
+            run=run.as_dict(), model_params=self.model_params, privacy_params=self.privacy_params, delta=self.delta,
+            randomness=self.randomness, train=cfg.fingerprint_fields(), modalities=self.modalities, tag=tag,
+            initialisation=self.initialisation, data=hashlib.sha256(part.images.numpy().tobytes()).hexdigest(),
+        )
+
+        def on_grid(epoch: int, trained: GenerativeModel) -> None:
+            if self.progress_dir is not None:
+                _write_grid(trained, self.grid_inputs, Path(self.progress_dir) / f"epoch_{epoch:05d}{tag}.png")
+
+        rows = train_model(
+            model, part, privacy, cfg, run_name=f"{run.name}{tag}", log_csv=log_path, resume_path=resume,
+            run_fingerprint=run_fingerprint, on_grid=on_grid, progress=self.progress,
+        )
+        return rows, resume
+
+    def train_classes(self, data: TrainingData, cfg: TrainConfig, log_csv) -> tuple[dict, dict[str, Any], list[Path]]:
+        """One generator per class label, each on its class's patients with its own privacy mode and random
+        streams: the classes' ledgers, the checkpoint entries (`classes`, `state_dicts`, `final_log`) and the
+        resume files. The log of every class is written to `log_csv` with a `class` column."""
+        parts = class_parts(data, self.run)
         # The configured steps are shared: each class's generator trains steps / K steps on 1/K-ish of the
         # data, so the mixture costs what one generator would and sees each image about as often.
         class_cfg = class_config(cfg, len(parts))
@@ -186,29 +234,22 @@ def train_run(
         for label, part in parts.items():
             # Every class has its own random streams (initialisation, latents, and the privacy mode's noise and
             # sampling): a class's release must not reveal the noise that protects another class.
-            class_seed = run.seed * 1000 + label
+            class_seed = self.run.seed * 1000 + label
             seed_everything(class_seed)
-            component = build_model(run.model, image_size, model_params)
-            if init_state is not None:
-                component.load_state_dict(init_state["state_dict"])
-            mode = new_privacy_mode(class_seed)
+            component = build_model(self.run.model, self.image_size, self.model_params)
+            if self.init_state is not None:
+                component.load_state_dict(self.init_state["state_dict"])
+            mode = self.new_privacy_mode(class_seed)
             class_log = Path(log_csv).with_name(f".{Path(log_csv).stem}_class{label}.csv")
-            rows, resume = train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
+            rows, resume = self.train_one(component, part, mode, replace(class_cfg, seed=class_seed), f"_class{label}", class_log)
             ledgers[label] = mode.full_ledger() | {"n_train_images": part.n_images, "n_train_patients": part.n_patients}
             state_dicts.append(component.state_dict())
             final_logs[f"class{label}"] = rows[-1] if rows else {}
             logs.append(pd.read_csv(class_log).assign(**{"class": label}))
             class_log.unlink()
             resumes.append(resume)
-        record = compose_parallel(ledgers) | identity | sizes | {"class_generators": sorted(parts)} | initialisation
-        state |= {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": final_logs}
         _write_csv(pd.concat(logs, ignore_index=True), log_csv)
-
-    _save_checkpoint(state, checkpoint)
-    write_ledger(ledger, record)
-    for resume in resumes:
-        resume.unlink(missing_ok=True)
-    return record
+        return ledgers, {"classes": sorted(parts), "state_dicts": state_dicts, "final_log": final_logs}, resumes
 
 
 def model_and_training_data(
