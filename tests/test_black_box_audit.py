@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import blobs, noisy
+from conftest import blobs, noisy, toy_study
 
 import dpmedgen.privacy.dpsgd as dpsgd
+from dpmedgen.audit import AUDIT_COLUMNS, gather_audits, one_run_audit
 from dpmedgen.data.canary import canary_mask
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import TrainingData
 from dpmedgen.privacy.audit import (
+    BLACK_BOX,
     CODE_BITS,
+    THREAT_MODEL,
     AuditedDPSGD,
     InputCanaries,
     audit_scores,
     code_cells,
     paint_codes,
 )
+from dpmedgen.runs import RunSpec
 from dpmedgen.train import TrainConfig, train_model
 
 
@@ -114,3 +121,51 @@ def test_the_black_box_audit_of_a_correct_dp_sgd_run_stays_below_its_claim(monke
     assert correct["q"] == pytest.approx(1 / 8) and correct["epsilon_claimed"] <= 1.0
     assert correct["n_canaries"] == 200 and correct["n_samples"] == 2000
     assert correct["epsilon_lower"] <= correct["epsilon_claimed"]
+
+
+def test_the_audit_stage_writes_both_threat_models_from_one_run(tmp_path):
+    """`one_run_audit` on a toy study (class generators; the largest class has 3 train patients, one carries
+    the canary metric's marker and is never an input canary): a white-box and a black-box row, same run."""
+    study = toy_study(tmp_path, canary_patients=1)
+    run = RunSpec("toy", "dcgan", "dpsgd", 1.0, 0)
+    table = one_run_audit(
+        run,
+        images_h5=study / "images.h5",
+        splits_parquet=study / "splits.parquet",
+        modality="mri",
+        model_params={"width": 8, "latent_dim": 8},
+        privacy_params={},
+        delta=1e-3,
+        train={"steps": 4, "batch_size": 2, "device": "cpu", "class_generators": True},
+        n_canaries=50,
+        n_canary_patients=2,
+        n_samples=30,
+        out_parquet=tmp_path / "audit.parquet",
+        randomness="deterministic",
+    )
+    assert list(table.columns) == list(AUDIT_COLUMNS) and table.threat_model.tolist() == [THREAT_MODEL, BLACK_BOX]
+    white, black = table.iloc[0], table.iloc[1]
+    assert (white.n_canaries, black.n_canaries, black.n_samples) == (50, 2, 30) and pd.isna(white.n_samples)
+    for column in ("epsilon_claimed", "noise_multiplier", "sample_rate", "steps", "seconds"):
+        assert white[column] == black[column], column  # one training run
+    assert (table.epsilon_lower <= table.epsilon_claimed).all() and math.isfinite(white.epsilon_claimed)
+    written = pd.read_parquet(tmp_path / "audit.parquet")
+    assert len(written) == 2 and str(written.n_samples.dtype) == "Int64"
+    gathered = gather_audits([tmp_path / "audit.parquet"], tmp_path / "all.parquet")
+    assert gathered.threat_model.tolist() == [BLACK_BOX, THREAT_MODEL]
+    white_only = one_run_audit(
+        run,
+        images_h5=study / "images.h5",
+        splits_parquet=study / "splits.parquet",
+        modality="mri",
+        model_params={"width": 8, "latent_dim": 8},
+        privacy_params={},
+        delta=1e-3,
+        train={"steps": 2, "batch_size": 2, "device": "cpu", "class_generators": True},
+        n_canaries=50,
+        n_canary_patients=0,
+        n_samples=30,
+        out_parquet=tmp_path / "white.parquet",
+        randomness="deterministic",
+    )
+    assert white_only.threat_model.tolist() == [THREAT_MODEL]
