@@ -169,3 +169,39 @@ def test_the_audit_stage_writes_both_threat_models_from_one_run(tmp_path):
         randomness="deterministic",
     )
     assert white_only.threat_model.tolist() == [THREAT_MODEL]
+
+
+def test_the_figure_shows_both_threat_models(tmp_path):
+    from dpmedgen.plots.one_run_audit import plot_one_run_audit
+
+    rows = [
+        {
+            "dataset": "d",
+            "model": "dcgan",
+            "epsilon_target": e,
+            "epsilon_claimed": e * 0.99,
+            "epsilon_lower": low,
+            "n_canaries": m,
+            "n_guesses": 100,
+            "n_correct": 50,
+            "threat_model": threat,
+        }
+        for e in (1.0, 10.0)
+        for threat, m, low in ((THREAT_MODEL, 1000, 0.1), (BLACK_BOX, 500, 0.0))
+    ]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    captured = {}
+    original = matplotlib.axes.Axes.legend
+
+    def legend(self, *args, **kwargs):
+        captured["labels"] = [h.get_label() for h in kwargs["handles"]]
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matplotlib.axes.Axes, "legend", legend)
+        plot_one_run_audit(pd.DataFrame(rows), "d", [tmp_path / "f.png"])
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert any("black-box" in label for label in captured["labels"])
+    assert any("white-box" in label for label in captured["labels"])
