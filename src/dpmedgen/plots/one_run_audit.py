@@ -39,8 +39,9 @@ def plot_one_run_audit(audits: pd.DataFrame, dataset: str, paths: Sequence[str |
         name, offset = THREATS[threat]
         color = BLACK_BOX_COLOR if threat == "black-box" else privacy_color("dpsgd")
         x, y = rows["epsilon_claimed"].to_numpy(), rows["epsilon_lower"].to_numpy()
-        ax.scatter(x, y, marker=model_marker(model), color=color, s=42, zorder=3,
-                   label=f"{model_label(model)} · DP-SGD · {name}")
+        style = {"facecolors": "none", "edgecolors": color, "s": 95, "lw": 1.5} if threat == "black-box" else {
+            "color": color, "s": 42}  # hollow and larger: visible around a white-box point at the same place
+        ax.scatter(x, y, marker=model_marker(model), zorder=3, label=f"{model_label(model)} · DP-SGD · {name}", **style)
         bad = y > x
         if bad.any():
             ax.scatter(x[bad], y[bad], s=160, facecolors="none", edgecolors=VIOLATION_COLOR, lw=1.5, zorder=4)
