@@ -1,6 +1,7 @@
 # One-run privacy audit (Steinke, Nasr & Jagielski, NeurIPS 2023) of the study's DP-SGD configurations: each
-# audited (dataset, model, epsilon) of the first seed is trained once more, with white-box gradient canaries,
-# and the canaries' scores give a lower bound on epsilon beside the claimed one (src/dpmedgen/audit.py).
+# audited (dataset, model, epsilon) of the first seed is trained once more, with white-box gradient canaries
+# and black-box canary patients, and each kind's scores give a lower bound on epsilon beside the claimed one
+# (src/dpmedgen/audit.py).
 
 
 rule audit_one_run:
@@ -28,6 +29,8 @@ rule audit_one_run:
         delta=config["privacy"]["delta"],
         train=lambda w: train_settings(config, w.model),
         n_canaries=config["audit"]["n_canaries"],
+        n_canary_patients=config["audit"]["n_canary_patients"],
+        n_samples=config["audit"]["n_samples"],
         randomness=config["privacy"]["randomness"],
     script:
         "../workflow_scripts/audit.py"
@@ -59,7 +62,10 @@ rule plot_one_run_audit:
             caption="../report/one_run_audit.rst",
             category="2. Privacy audit",
             subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "one-run audit (white-box canaries)"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "one-run audit (white- and black-box canaries)",
+            },
         ),
         pdf=f"{FIGURES}/{{dataset}}/one_run_audit.pdf",
     log:

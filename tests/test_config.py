@@ -50,6 +50,7 @@ def test_default_grid(config):
         (lambda c: c["models"]["ddpm"]["train"].update(lr={"critic": 1e-3}), "models.ddpm.train.lr"),
         (lambda c: c.update(unknown_key=1), "(top level)"),
         (lambda c: c["privacy"].update(delta=2), "privacy.delta"),
+        (lambda c: c["audit"].update(n_canary_patients=1), "audit.n_canary_patients"),
     ],
 )
 def test_schema_errors_name_the_key(config, mutate, key):

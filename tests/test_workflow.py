@@ -124,8 +124,12 @@ def test_ci_study_end_to_end(ci_study):
     audit = pd.read_parquet(results / "audit.parquet")  # the one-run audit of DCGAN's DP-SGD runs
     assert {"dataset", "model", "privacy", "epsilon_claimed", "epsilon_lower", "n_canaries", "threat_model"} <= set(
         audit.columns)
-    assert len(audit) == len(config["privacy"]["epsilons"]) and set(audit.model) == set(config["audit"]["models"])
-    assert (audit.n_canaries == config["audit"]["n_canaries"]).all() and (audit.epsilon_lower <= audit.epsilon_claimed).all()
+    assert len(audit) == 2 * len(config["privacy"]["epsilons"]) and set(audit.model) == set(config["audit"]["models"])
+    black = audit.threat_model.str.startswith("black-box")  # one white-box and one black-box row per audited run
+    assert black.sum() == len(config["privacy"]["epsilons"]) and (audit.epsilon_lower <= audit.epsilon_claimed).all()
+    assert (audit.n_canaries[~black] == config["audit"]["n_canaries"]).all()
+    assert (audit.n_canaries[black] == config["audit"]["n_canary_patients"]).all()
+    assert (audit.n_samples[black] == config["audit"]["n_samples"]).all()
 
     splits = pd.read_parquet(results / "brain_phantom" / "splits.parquet")
     assert splits.patient_id.is_unique

@@ -15,6 +15,8 @@ one_run_audit(
     delta=snakemake.params.delta,
     train=dict(snakemake.params.train) | {"threads": snakemake.threads},
     n_canaries=snakemake.params.n_canaries,
+    n_canary_patients=snakemake.params.n_canary_patients,
+    n_samples=snakemake.params.n_samples,
     out_parquet=snakemake.output[0],
     randomness=snakemake.params.randomness,
 )

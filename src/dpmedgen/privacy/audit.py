@@ -1,4 +1,4 @@
-"""One-run privacy auditing of DP-SGD as implemented: white-box gradient canaries.
+"""One-run privacy auditing of DP-SGD as implemented: white-box gradient canaries and black-box input canaries.
 
 Steinke, Nasr & Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023. m canaries are each
 included in the training run independently with probability 1/2. After training, the auditor scores every
@@ -26,6 +26,18 @@ bound reported.
 The canaries' inclusion is an add/remove experiment: the null hypothesis uses the run's claimed epsilon, which
 (replace-one, the study's relation) is at least its add/remove epsilon, and the ledger's delta.
 
+Black-box input canaries (`InputCanaries`): m training patients, chosen at random, each with a distinct random
+balanced code of `CODE_BITS` (64) binary cells written into the four corners of every one of their images
+(white +1 / black -1 on the training scale) if and only if the canary is included (probability 1/2). An
+excluded canary patient trains on their own images unchanged, so inclusion replaces one patient's record by
+another (the study's replace-one relation, compared directly with the claimed epsilon), the number of patients
+N, the sample rate q and the calibrated sigma stay those of the study's run, and canary patients go through the
+same sampler, slice choice, clipping and noise as every patient. The auditor sees only samples of the trained
+generator and scores canary c by max_s corr(s, c): the largest Pearson correlation, over the samples s, of
+the sample's 64 corner-cell means with the canary's +-1 code (0 for a sample whose cells are all equal); a
+release that reproduces a canary's corners scores 1. The cells are those of the canary marker
+(`dpmedgen.data.canary`: 4 x 4 cells of max(1, size // 32) pixels at size // 16 from the edge), in each corner.
+
 >>> round(epsilon_lower_bound(m=1000, r=100, v=100, delta=0.0), 3)  # all correct: q^100 = 0.05, eps = logit(q)
 3.493
 """
@@ -39,11 +51,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpmedgen.privacy.base import TrainingData
 from dpmedgen.privacy.dpsgd import DPSGD
 
 #: Guess k+ = k- = fraction * m canaries, for each fraction: fixed before any score is seen.
 GUESS_FRACTIONS = (0.05, 0.1, 0.2)
 THREAT_MODEL = "white-box: gradient canaries, every noisy update observed"
+BLACK_BOX = "black-box: canary patients, only generated samples observed"
+#: Cells of one corner block of an input canary's code (the canary marker's geometry), and bits per code.
+CORNER_CELLS = 4
+CODE_BITS = 4 * CORNER_CELLS * CORNER_CELLS
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -147,6 +164,125 @@ class GradientCanaries:
 
     def audit(self, delta: float, confidence: float = 0.95) -> dict[str, Any]:
         return audit_scores(self.scores(), self.included.numpy(), delta, confidence)
+
+
+def _code_geometry(height: int, width: int) -> tuple[int, list[tuple[int, int]]]:
+    """(cell size, the top-left pixel of each of the four corner blocks) of an input canary's code."""
+    size = min(height, width)
+    cell, offset = max(1, size // 32), size // 16
+    block = CORNER_CELLS * cell
+    if 2 * (offset + block) > size:
+        raise ValueError(f"images of {height}x{width} are too small for input canary codes")
+    far_row, far_col = height - offset - block, width - offset - block
+    return cell, [(offset, offset), (offset, far_col), (far_row, offset), (far_row, far_col)]
+
+
+def code_cells(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The `CODE_BITS` corner-cell means of each image (N, H, W) or (N, C, H, W) (first channel), float64
+    (N, CODE_BITS), in the order `paint_codes` writes them."""
+    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if x.ndim == 4:
+        x = x[:, 0]
+    cell, corners = _code_geometry(*x.shape[-2:])
+    block = CORNER_CELLS * cell
+    parts = [
+        x[:, r : r + block, c : c + block]
+        .astype(np.float64)
+        .reshape(len(x), CORNER_CELLS, cell, CORNER_CELLS, cell)
+        .mean(axis=(2, 4))
+        .reshape(len(x), -1)
+        for r, c in corners
+    ]
+    return np.concatenate(parts, axis=1)
+
+
+def paint_codes(height: int, width: int, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(patterns (n, H, W) float32 holding each code's cell values, mask (H, W) bool of the code's pixels)."""
+    codes = np.asarray(codes, dtype=np.float32)
+    cell, corners = _code_geometry(height, width)
+    block = CORNER_CELLS * cell
+    patterns = np.zeros((len(codes), height, width), dtype=np.float32)
+    mask = np.zeros((height, width), dtype=bool)
+    per_corner = CORNER_CELLS * CORNER_CELLS
+    for k, (r, c) in enumerate(corners):
+        cells = codes[:, k * per_corner : (k + 1) * per_corner].reshape(len(codes), CORNER_CELLS, CORNER_CELLS)
+        patterns[:, r : r + block, c : c + block] = np.repeat(np.repeat(cells, cell, axis=1), cell, axis=2)
+        mask[r : r + block, c : c + block] = True
+    return patterns, mask
+
+
+def code_correlations(samples: torch.Tensor | np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every sample's corner cells with every code, (n_samples, n_codes); 0 for a
+    sample whose cells are all equal."""
+    cells = code_cells(samples)
+    cells = cells - cells.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(cells, axis=1, keepdims=True)
+    cells = np.divide(cells, norms, out=np.zeros_like(cells), where=norms > 1e-9)
+    codes = np.asarray(codes, dtype=np.float64)
+    codes = codes - codes.mean(axis=1, keepdims=True)
+    return cells @ (codes / np.linalg.norm(codes, axis=1, keepdims=True)).T
+
+
+class InputCanaries:
+    """`m` black-box input canaries among the patients of `data` (see the module docstring).
+
+    The canary patients (never one of `exclude`, e.g. the carriers of the `canary` metric's marker), their
+    codes (balanced: half the cells white) and their inclusion (each independently with probability 1/2)
+    are drawn from `seed`. With `unit` "patient" every image of an included canary patient carries the code;
+    with "image" (the record is one image) only the patient's first image does."""
+
+    def __init__(
+        self,
+        data: TrainingData,
+        m: int,
+        seed: int,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        unit: str = "patient",
+    ) -> None:
+        if m < 2:
+            raise ValueError(f"an audit needs at least 2 canaries; got {m}")
+        if unit not in ("patient", "image"):
+            raise ValueError(f"unit must be 'patient' or 'image'; got {unit!r}")
+        candidates = np.flatnonzero(~np.isin(data.patients.astype(str), sorted(exclude)))
+        if m > len(candidates):
+            raise ValueError(
+                f"{m} canary patients requested, but the audited training set has {len(candidates)} eligible "
+                f"patients (of {data.n_patients}); lower audit.n_canary_patients"
+            )
+        _code_geometry(*data.images.shape[-2:])
+        rng = np.random.default_rng(seed)
+        self.patients = np.sort(rng.choice(candidates, size=m, replace=False))  # indices into data.patients
+        half = np.repeat([1.0, -1.0], CODE_BITS // 2)
+        self.codes = np.stack([rng.permutation(half) for _ in range(m)])
+        self.included = rng.random(m) < 0.5
+        self.unit = unit
+
+    def plant(self, data: TrainingData) -> TrainingData:
+        """`data` with the code of every included canary written into its patient's images (every channel)."""
+        canary_of = np.full(data.n_patients, -1)
+        canary_of[self.patients[self.included]] = np.flatnonzero(self.included)
+        rows = canary_of[data.patient_index]
+        if self.unit == "image":  # only the first image of each patient
+            first = np.zeros(data.n_images, dtype=bool)
+            first[np.unique(data.patient_index, return_index=True)[1]] = True
+            rows = np.where(first, rows, -1)
+        coded = np.flatnonzero(rows >= 0)
+        patterns, mask = paint_codes(*data.images.shape[-2:], self.codes)
+        images = data.images.clone()
+        part = images[torch.from_numpy(coded)]
+        where = torch.from_numpy(mask)
+        part[..., where] = torch.from_numpy(patterns[rows[coded]][:, None][..., mask]).to(part.dtype)
+        images[torch.from_numpy(coded)] = part
+        return TrainingData(images=images, patient_ids=data.patient_ids, labels=data.labels)
+
+    def scores(self, samples: torch.Tensor | np.ndarray) -> np.ndarray:
+        """max over `samples` of corr(sample, code), per canary (higher = "included")."""
+        if len(samples) == 0:
+            raise ValueError("the black-box audit needs at least one sample")
+        return code_correlations(samples, self.codes).max(axis=0)
+
+    def audit(self, samples: torch.Tensor | np.ndarray, delta: float, confidence: float = 0.95) -> dict[str, Any]:
+        return audit_scores(self.scores(samples), self.included, delta, confidence) | {"n_samples": len(samples)}
 
 
 class AuditedDPSGD(DPSGD):
