@@ -445,117 +445,131 @@ _LEVEL_TEXT = {
 _PCT = {"fpr1pct": "1 %", "fpr0p1pct": "0.1 %"}
 
 
+def _bound_note(prefix: str) -> str:
+    """Which runs get an attack's bound rows."""
+    if prefix == "mia_dcr":
+        return "Only for runs whose ledger states a formal guarantee."
+    return (
+        "Only for formal guarantees that cover the discriminator (in protected_networks, or input "
+        "perturbation); never for output perturbation, whose discriminator is trained without privacy."
+    )
+
+
+def _auc_info(prefix: str, source: str, what: str, level: str) -> MetricInfo:
+    return MetricInfo(
+        f"{prefix}_auc_{level}",
+        higher_is_better=False,
+        range="[0, 1]; 0.5 = no leakage, 1 = every member ranked above every non-member",
+        source=source,
+        description=f"ROC AUC of the {what} separating training (member) from held-out patients; "
+        f"{_LEVEL_TEXT[level]}. Closer to 0.5 = more private (below 0.5 the attack is as informative "
+        "with its scores flipped).",
+        family=prefix,
+        ideal=0.5,
+    )
+
+
+def _tpr_info(prefix: str, source: str, what: str, level: str, key: str, pct: str) -> MetricInfo:
+    return MetricInfo(
+        f"{prefix}_tpr_at_{key}_{level}",
+        higher_is_better=False,
+        range=f"[0, 1]; ~{FPR_TARGETS[key]:g} = no leakage",
+        source=source,
+        description=f"True-positive rate of the {what} at the ROC point with the largest TPR whose "
+        f"FPR <= {pct} (no interpolation); {_LEVEL_TEXT[level]}. With fewer than "
+        f"{round(1 / FPR_TARGETS[key])} non-members (see mia_n_nonmembers_{level}) only FPR = 0 "
+        "is admissible: the share of members scored above the top non-member.",
+        family=prefix,
+        ideal=FPR_TARGETS[key],
+    )
+
+
+def _bound_tpr_info(prefix: str, level: str, key: str, pct: str) -> MetricInfo:
+    return MetricInfo(
+        f"{prefix}_bound_tpr_at_{key}_{level}",
+        higher_is_better=None,
+        range="[0, 1]",
+        source="hypothesis-testing view of DP (Kairouz et al., ICML 2015) with the ledger's "
+        "per-patient (epsilon, delta)",
+        description=f"Largest TPR at FPR {pct} that any attack can reach under the run's guarantee: "
+        "min(1, e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR)) with the per-patient (eps, delta) "
+        "(members and non-members are different patients, so this is the sound bound at both "
+        f"levels). Compare with {prefix}_tpr_at_{key}_{level}, keeping in mind that its FPR is "
+        f"resolved only to 1 / mia_n_nonmembers_{level}. {_bound_note(prefix)}",
+        family=prefix,
+    )
+
+
+def _eps_lower_info(prefix: str, what: str, level: str, key: str, pct: str) -> MetricInfo:
+    return MetricInfo(
+        f"{prefix}_eps_lower_at_{key}_{level}",
+        higher_is_better=False,
+        range="[0, inf); 0 = the attack demonstrates no privacy loss",
+        source="DP inequality TPR <= e^eps FPR + delta solved for eps, with 95 % Clopper-Pearson "
+        "limits on TPR (lower) and FPR (upper) (DP auditing, Jagielski et al., NeurIPS 2020)",
+        description=f"Epsilon the {what} certifies at its FPR <= {pct} operating point: max(0, "
+        "log((TPR_lo - delta) / FPR_hi)) with 95 % Clopper-Pearson limits and the ledger's per-patient "
+        "delta; 95 % is nominal (the threshold is chosen on the same scores). Above the ledger's "
+        f"epsilon_per_patient, the guarantee is contradicted. {_bound_note(prefix)}",
+        family=prefix,
+    )
+
+
+def _eps_lower_max_info(prefix: str, level: str) -> MetricInfo:
+    return MetricInfo(
+        f"{prefix}_eps_lower_max_{level}",
+        higher_is_better=None,
+        range="[0, inf)",
+        source="max_certifiable_epsilon: the Clopper-Pearson bound of a perfect attack (TPR 1 at FPR 0) "
+        "at the candidate counts",
+        description=f"The largest epsilon {prefix}_eps_lower_at_*_{level} can certify with these numbers "
+        "of members and non-members, whatever the attack: a claimed epsilon above it cannot be "
+        f"contradicted by this audit (it has no power there). {_bound_note(prefix)}",
+        family=prefix,
+    )
+
+
+def _count_info(group: str, who: str, level: str) -> MetricInfo:
+    return MetricInfo(
+        f"mia_n_{group}_{level}",
+        higher_is_better=None,
+        range="{1, 2, ...}",
+        source="count",
+        description=f"Number of {who} {level}s the membership-inference attacks (mia_dcr_*, "
+        f"mia_discriminator_*) at the {level} level were evaluated on; the FPR grid is "
+        "1 / mia_n_nonmembers.",
+        family="mia_dcr",
+    )
+
+
+_MEMORIZATION_INFO = MetricInfo(
+    "memorization_rate",
+    higher_is_better=False,
+    range="[0, 1]; ~0 = no sample closer to the training set than held-out data is",
+    source="pixel-L2 nearest-neighbour distances (float64)",
+    description="Share of generated samples whose distance to the nearest training (member) image is "
+    "smaller than the smallest nearest-training-image distance of any held-out (non-member) image, i.e. "
+    "samples closer to a training image than any unseen real image is. 1 = every sample copies a "
+    "training image; hinges on the single closest held-out image.",
+    family="mia_dcr",
+)
+
+
 def _infos() -> list[MetricInfo]:
+    """Every membership metric, per attack and level in table order: AUC, TPRs, their bounds, the epsilons they
+    certify, then the most each level can certify; then the counts and the memorization rate."""
     infos: list[MetricInfo] = []
     for prefix, (source, what) in _ATTACKS.items():
-        bound_note = (
-            "Only for runs whose ledger states a formal guarantee."
-            if prefix == "mia_dcr"
-            else "Only for formal guarantees that cover the discriminator (in protected_networks, or input "
-            "perturbation); never for output perturbation, whose discriminator is trained without privacy."
-        )
         for level in LEVELS:
-            infos.append(
-                MetricInfo(
-                    f"{prefix}_auc_{level}",
-                    higher_is_better=False,
-                    range="[0, 1]; 0.5 = no leakage, 1 = every member ranked above every non-member",
-                    source=source,
-                    description=f"ROC AUC of the {what} separating training (member) from held-out patients; "
-                    f"{_LEVEL_TEXT[level]}. Closer to 0.5 = more private (below 0.5 the attack is as informative "
-                    "with its scores flipped).",
-                    family=prefix,
-                    ideal=0.5,
-                )
-            )
-            for key, pct in _PCT.items():
-                infos.append(
-                    MetricInfo(
-                        f"{prefix}_tpr_at_{key}_{level}",
-                        higher_is_better=False,
-                        range=f"[0, 1]; ~{FPR_TARGETS[key]:g} = no leakage",
-                        source=source,
-                        description=f"True-positive rate of the {what} at the ROC point with the largest TPR whose "
-                        f"FPR <= {pct} (no interpolation); {_LEVEL_TEXT[level]}. With fewer than "
-                        f"{round(1 / FPR_TARGETS[key])} non-members (see mia_n_nonmembers_{level}) only FPR = 0 "
-                        "is admissible: the share of members scored above the top non-member.",
-                        family=prefix,
-                        ideal=FPR_TARGETS[key],
-                    )
-                )
-            for key, pct in _PCT.items():
-                infos.append(
-                    MetricInfo(
-                        f"{prefix}_bound_tpr_at_{key}_{level}",
-                        higher_is_better=None,
-                        range="[0, 1]",
-                        source="hypothesis-testing view of DP (Kairouz et al., ICML 2015) with the ledger's "
-                        "per-patient (epsilon, delta)",
-                        description=f"Largest TPR at FPR {pct} that any attack can reach under the run's guarantee: "
-                        "min(1, e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR)) with the per-patient (eps, delta) "
-                        "(members and non-members are different patients, so this is the sound bound at both "
-                        f"levels). Compare with {prefix}_tpr_at_{key}_{level}, keeping in mind that its FPR is "
-                        f"resolved only to 1 / mia_n_nonmembers_{level}. {bound_note}",
-                        family=prefix,
-                    )
-                )
-            for key, pct in _PCT.items():
-                infos.append(
-                    MetricInfo(
-                        f"{prefix}_eps_lower_at_{key}_{level}",
-                        higher_is_better=False,
-                        range="[0, inf); 0 = the attack demonstrates no privacy loss",
-                        source="DP inequality TPR <= e^eps FPR + delta solved for eps, with 95 % Clopper-Pearson "
-                        "limits on TPR (lower) and FPR (upper) (DP auditing, Jagielski et al., NeurIPS 2020)",
-                        description=f"Epsilon the {what} certifies at its FPR <= {pct} operating point: max(0, "
-                        "log((TPR_lo - delta) / FPR_hi)) with 95 % Clopper-Pearson limits and the ledger's per-patient "
-                        "delta; 95 % is nominal (the threshold is chosen on the same scores). Above the ledger's "
-                        f"epsilon_per_patient, the guarantee is contradicted. {bound_note}",
-                        family=prefix,
-                    )
-                )
-        for level in LEVELS:
-            infos.append(
-                MetricInfo(
-                    f"{prefix}_eps_lower_max_{level}",
-                    higher_is_better=None,
-                    range="[0, inf)",
-                    source="max_certifiable_epsilon: the Clopper-Pearson bound of a perfect attack (TPR 1 at FPR 0) "
-                    "at the candidate counts",
-                    description=f"The largest epsilon {prefix}_eps_lower_at_*_{level} can certify with these numbers "
-                    "of members and non-members, whatever the attack: a claimed epsilon above it cannot be "
-                    f"contradicted by this audit (it has no power there). {bound_note}",
-                    family=prefix,
-                )
-            )
+            infos.append(_auc_info(prefix, source, what, level))
+            infos += [_tpr_info(prefix, source, what, level, key, pct) for key, pct in _PCT.items()]
+            infos += [_bound_tpr_info(prefix, level, key, pct) for key, pct in _PCT.items()]
+            infos += [_eps_lower_info(prefix, what, level, key, pct) for key, pct in _PCT.items()]
+        infos += [_eps_lower_max_info(prefix, level) for level in LEVELS]
     for level in LEVELS:
-        for group, who in (("members", "training (member)"), ("nonmembers", "held-out (non-member)")):
-            infos.append(
-                MetricInfo(
-                    f"mia_n_{group}_{level}",
-                    higher_is_better=None,
-                    range="{1, 2, ...}",
-                    source="count",
-                    description=f"Number of {who} {level}s the membership-inference attacks (mia_dcr_*, "
-                    f"mia_discriminator_*) at the {level} level were evaluated on; the FPR grid is "
-                    "1 / mia_n_nonmembers.",
-                    family="mia_dcr",
-                )
-            )
-    infos.append(
-        MetricInfo(
-            "memorization_rate",
-            higher_is_better=False,
-            range="[0, 1]; ~0 = no sample closer to the training set than held-out data is",
-            source="pixel-L2 nearest-neighbour distances (float64)",
-            description="Share of generated samples whose distance to the nearest training (member) image is "
-            "smaller than the smallest nearest-training-image distance of any held-out (non-member) image, i.e. "
-            "samples closer to a training image than any unseen real image is. 1 = every sample copies a "
-            "training image; hinges on the single closest held-out image.",
-            family="mia_dcr",
-        )
-    )
-    return infos
+        infos += [_count_info(group, who, level)
+                  for group, who in (("members", "training (member)"), ("nonmembers", "held-out (non-member)"))]
+    return infos + [_MEMORIZATION_INFO]
 
 
 INFO: list[MetricInfo] = _infos()
