@@ -80,8 +80,7 @@ def train_run(
     randomness: str = "secret",
     init_checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train `run` and write its checkpoint, privacy ledger, per-epoch training log and (in
-    `progress_dir`) sample grids; return the ledger.
+    """Train `run`; write its checkpoint, ledger, per-epoch log and (`progress_dir`) sample grids; return the ledger.
 
     A resume checkpoint (`resume.pt` beside `checkpoint`) is written during training; a killed job started again
     with the same settings continues from there; the file is removed once the run has finished.
