@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from dpmedgen.models.base import GenerativeModel, Player
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
+
+#: Test files that run the workflow end to end, slowest first: collected first, so that the two pytest-xdist
+#: workers (`--dist loadfile`, pyproject.toml) start on them and the short files fill in around them.
+SLOW_FILES = ("test_workflow.py", "test_real_datasets.py", "test_workflow_recovery.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(SLOW_FILES)))
+
+
+def run_snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """The workflow with `args` in `workdir` (the CI config unless `config`), called from the repository root,
+    where `--profile slurm` finds ./slurm as a user's call would."""
+    cmd = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(config or ROOT / "configs" / "ci.yaml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def require_slurm() -> None:
+    """Skip (or, with DPMEDGEN_REQUIRE_SLURM set, as CI does, fail) when no SLURM cluster is up."""
+    up = shutil.which("sbatch") and subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+    if not up:
+        message = "no SLURM cluster is up: run tests/slurm/start_cluster.sh as root (CI does)"
+        if os.environ.get("DPMEDGEN_REQUIRE_SLURM"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 class DiscriminatorOnly(GenerativeModel):

@@ -7,27 +7,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT, run_snakemake
 from raw_fixtures.server import serve
 
 from dpmedgen.data import read_image_set, read_splits
 from dpmedgen.data.sources import make_source
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASETS = ["oasis1", "chestxray14", "mripet", "irvis", "medmnist", "isic", "oai_knee"]
 MODALITY = {"irvis": "vis"}  # the modality the unconditional model learns (default: the adapter's first)
-
-
-def _snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "2", *targets]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
 
 
 def _raw_fixtures(root: Path) -> dict[str, dict]:
@@ -82,7 +74,7 @@ def test_every_real_dataset_flows_through_the_dag(raw, tmp_path):
         config = _study_config(raw, server.url, tmp_path / "study.yaml")
         targets = ["results/metrics.parquet", "results/privacy.parquet"]
         targets += [f"results/figures/{d}/comparison_dcgan.png" for d in REAL_DATASETS] + ["results/figures/mripet/comparison_ddcgan.png"]
-        proc = _snakemake(tmp_path, config, *targets)
+        proc = run_snakemake(tmp_path, "--cores", "2", *targets, config=config)
         assert proc.returncode == 0, proc.stderr[-6000:]
     assert not any(path.startswith("/oai_knee") for path, _ in server.requests)  # the manual dataset downloads nothing
 
@@ -131,7 +123,7 @@ def test_a_corrupt_download_fails_the_job_naming_the_file_and_leaves_nothing(raw
     files[f"{name}/{archive}"] = data[: len(data) // 2]
     with serve(files) as server:
         config = _study_config(raw, server.url, tmp_path / "study.yaml", datasets=[name])
-        proc = _snakemake(tmp_path, config, f"resources/{name}/raw.h5")
+        proc = run_snakemake(tmp_path, "--cores", "2", f"resources/{name}/raw.h5", config=config)
     assert proc.returncode != 0
     log = (tmp_path / "results" / "logs" / "download" / f"{name}.log").read_text()
     assert archive in log and "truncated or corrupt archive" in log and "rerun" in log

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from conftest import ROOT, SLURM_PROFILE, require_slurm, run_snakemake
 
 from dpmedgen.config import runs
 from dpmedgen.io import load_torch
@@ -21,22 +20,13 @@ from dpmedgen.metrics import all_metric_info
 from dpmedgen.results import GUARANTEE_COLUMNS, METRIC_COLUMNS
 from dpmedgen.train.pretrain import weights_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
-    cmd = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(config or ROOT / "configs" / "ci.yaml"), *args]
-    # from the repository root, where `--profile slurm` finds ./slurm as a user's call would
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory) -> Path:
     """The CI study run locally once (the working directory), shared by the tests that read it."""
     workdir = tmp_path_factory.mktemp("ci_study")
-    proc = _snakemake(workdir, "--cores", "2", "all")
+    proc = run_snakemake(workdir, "--cores", "2", "all")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir
 
@@ -137,7 +127,7 @@ def test_ci_study_end_to_end(ci_study):
 
     # the HTML report: every registered figure and table, with its caption, in one self-contained file
     report = results / "report.html"
-    proc = _snakemake(tmp_path, "--report", str(report))
+    proc = run_snakemake(tmp_path, "--report", str(report))
     assert proc.returncode == 0, proc.stderr[-4000:]
     html = report.read_text()
     assert len(html) > 1_000_000  # the figures are embedded
@@ -155,7 +145,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
     config["train"]["batch_size"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    proc = _snakemake(tmp_path, "--cores", "1", "all", config=bad)
+    proc = run_snakemake(tmp_path, "--cores", "1", "all", config=bad)
     assert proc.returncode != 0
     assert "batch_size" in proc.stderr + proc.stdout
     assert not (tmp_path / "results-ci").exists() and not (tmp_path / "resources-ci").exists()
@@ -171,7 +161,7 @@ def test_large_grid_plans(tmp_path):
     config["seeds"] = list(range(10))
     big = tmp_path / "big.yaml"
     big.write_text(yaml.safe_dump(config))
-    proc = _snakemake(tmp_path, "-n", "--quiet", "rules", "all", config=big)
+    proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", "all", config=big)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "results").exists()
     train_jobs = [line for line in proc.stdout.splitlines() if line.strip().startswith("train ")]
@@ -181,7 +171,7 @@ def test_large_grid_plans(tmp_path):
 @pytest.mark.integration
 def test_paper_target_plans_the_full_grid(tmp_path):
     """`snakemake paper -n --configfile configs/paper.yaml` (README) plans every run and exactly the paper's set."""
-    proc = _snakemake(tmp_path, "-n", "--quiet", "rules", "--", "paper", config=ROOT / "configs" / "paper.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", "--", "paper", config=ROOT / "configs" / "paper.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {line.split()[0]: int(line.split()[-1]) for line in proc.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[-1].isdigit()}
@@ -203,7 +193,7 @@ def test_first_seed_runs_and_its_figure_outrank_the_next_seed(tmp_path):
     config["seeds"] = [0, 1]
     two = tmp_path / "two_seeds.yaml"
     two.write_text(yaml.safe_dump(config))
-    proc = _snakemake(tmp_path, "-n", "all", config=two)
+    proc = run_snakemake(tmp_path, "-n", "all", config=two)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = []
     for block in re.split(r"\n(?=rule \w+:)", proc.stdout + proc.stderr):
@@ -223,45 +213,7 @@ def test_first_seed_runs_and_its_figure_outrank_the_next_seed(tmp_path):
     assert not any(rule == "plot_privacy_utility_seed" and s == 1 for rule, s, _ in jobs)
 
 
-@pytest.mark.integration
-def test_readme_command_works_after_an_interrupted_run(tmp_path):
-    """Snakemake killed while a training job runs leaves that job's outputs marked incomplete; README's command,
-    run again as written (no extra flag), reruns the job instead of stopping with IncompleteFilesException
-    (profiles/default sets rerun-incomplete)."""
-    import signal
-    import time
-
-    target = "results-ci/brain_phantom/runs/dcgan/none/epsinf/seed0/checkpoint.pt"
-    started = tmp_path / "results-ci" / "brain_phantom" / "runs" / "dcgan" / "none" / "epsinf" / "seed0" / "progress"
-    cmd = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                       "--configfile", str(ROOT / "configs" / "ci.yaml"), "--cores", "1", target]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 600
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, as a lost terminal or node would
-        proc.wait()
-    assert started.exists(), (tmp_path / "first.log").read_text()[-3000:]
-    assert not (tmp_path / target).exists()
-    again = _snakemake(tmp_path, "--cores", "1", target)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "IncompleteFilesException" not in again.stderr and (tmp_path / target).exists()
-
-
 # --- the SLURM profile, against a live single-node cluster (tests/slurm/start_cluster.sh; CI starts it) ---
-
-SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
-
-
-def _require_slurm() -> None:
-    up = shutil.which("sbatch") and subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
-    if not up:
-        message = "no SLURM cluster is up: run tests/slurm/start_cluster.sh as root (CI does)"
-        if os.environ.get("DPMEDGEN_REQUIRE_SLURM"):
-            pytest.fail(message)
-        pytest.skip(message)
-
 
 # The smallest DAG that exercises the profile end to end: the dataset stages (downloads stay local), public
 # pretraining and one DP-SGD training (the rule that asks SLURM for gpu: 0 and a resume checkpoint), compared with
@@ -276,10 +228,10 @@ def test_slurm_profile_reproduces_the_local_study(ci_study, tmp_path):
     """`snakemake --profile slurm` on a live cluster: every job is a SLURM job (sbatch, then srun inside),
     its state read with sacct, and the trained weights and ledger are those of the same run done locally (same
     seeds), bit for bit."""
-    _require_slurm()
-    planned = _snakemake(tmp_path, "-n", *SLURM_TARGETS, "--quiet", "rules")
+    require_slurm()
+    planned = run_snakemake(tmp_path, "-n", *SLURM_TARGETS, "--quiet", "rules")
     assert planned.returncode == 0, planned.stderr[-3000:]
-    proc = _snakemake(tmp_path, *SLURM_PROFILE, *SLURM_TARGETS, timeout=1500)
+    proc = run_snakemake(tmp_path, *SLURM_PROFILE, *SLURM_TARGETS, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", planned.stdout + planned.stderr, flags=re.M)}
@@ -297,17 +249,3 @@ def test_slurm_profile_reproduces_the_local_study(ci_study, tmp_path):
         assert weights_sha256(mine) == weights_sha256(theirs)
     ledgers = [json.loads((w / SLURM_TARGETS[1]).read_text()) for w in (ci_study, tmp_path)]
     assert ledgers[0] == ledgers[1]
-
-
-@pytest.mark.integration
-def test_a_failing_slurm_job_fails_the_workflow(tmp_path):
-    """A job that fails on the cluster ends the workflow with an error (after its retries), not a hang."""
-    _require_slurm()
-    snakefile = tmp_path / "Snakefile"
-    snakefile.write_text('rule all:\n    output: "never.txt"\n    shell: "echo doomed >&2; exit 3"\n')
-    cmd = SNAKEMAKE + ["--snakefile", str(snakefile), "--directory", str(tmp_path), *SLURM_PROFILE, "--retries", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert len(re.findall(r"submitted with SLURM jobid", out)) == 2, out[-3000:]  # the job and its one retry
-    assert "Error in rule all" in out and not (tmp_path / "never.txt").exists()
