@@ -20,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
 
-#: Test files that run the workflow end to end, slowest first: collected first, so that the two pytest-xdist
-#: workers (`--dist loadfile`, pyproject.toml) start on them and the short files fill in around them.
-SLOW_FILES = ("test_workflow.py", "test_real_datasets.py", "test_workflow_recovery.py")
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(SLOW_FILES)))
-
-
 def run_snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
     """The workflow with `args` in `workdir` (the CI config unless `config`), called from the repository root,
     where `--profile slurm` finds ./slurm as a user's call would."""

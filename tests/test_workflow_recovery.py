@@ -1,8 +1,5 @@
-"""Runs that fail or are cut off: README's command after a killed run, and a job that fails on SLURM.
-
-Apart from tests/test_workflow.py (whose module fixture, the CI study, they do not need), so that the two test
-workers run them beside the CI study.
-"""
+"""Runs that fail or are cut off: README's command after a killed run, and a job that fails on SLURM (they do
+not need tests/test_workflow.py's CI study)."""
 
 from __future__ import annotations
 
