@@ -128,21 +128,17 @@ def test_the_audit_stage_writes_both_threat_models_from_one_run(tmp_path):
     the canary metric's marker and is never an input canary): a white-box and a black-box row, same run."""
     study = toy_study(tmp_path, canary_patients=1)
     run = RunSpec("toy", "dcgan", "dpsgd", 1.0, 0)
-    table = one_run_audit(
-        run,
-        images_h5=study / "images.h5",
-        splits_parquet=study / "splits.parquet",
-        modality="mri",
-        model_params={"width": 8, "latent_dim": 8},
-        privacy_params={},
-        delta=1e-3,
-        train={"steps": 4, "batch_size": 2, "device": "cpu", "class_generators": True},
-        n_canaries=50,
-        n_canary_patients=2,
-        n_samples=30,
-        out_parquet=tmp_path / "audit.parquet",
-        randomness="deterministic",
-    )
+
+    def audit(steps: int, n_canary_patients: int, out: str) -> pd.DataFrame:
+        return one_run_audit(
+            run, images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
+            model_params={"width": 8, "latent_dim": 8}, privacy_params={}, delta=1e-3,
+            train={"steps": steps, "batch_size": 2, "device": "cpu", "class_generators": True},
+            n_canaries=50, n_canary_patients=n_canary_patients, n_samples=30, out_parquet=tmp_path / out,
+            randomness="deterministic",
+        )
+
+    table = audit(4, 2, "audit.parquet")
     assert list(table.columns) == list(AUDIT_COLUMNS) and table.threat_model.tolist() == [THREAT_MODEL, BLACK_BOX]
     white, black = table.iloc[0], table.iloc[1]
     assert (white.n_canaries, black.n_canaries, black.n_samples) == (50, 2, 30) and pd.isna(white.n_samples)
@@ -153,21 +149,7 @@ def test_the_audit_stage_writes_both_threat_models_from_one_run(tmp_path):
     assert len(written) == 2 and str(written.n_samples.dtype) == "Int64"
     gathered = gather_audits([tmp_path / "audit.parquet"], tmp_path / "all.parquet")
     assert gathered.threat_model.tolist() == [BLACK_BOX, THREAT_MODEL]
-    white_only = one_run_audit(
-        run,
-        images_h5=study / "images.h5",
-        splits_parquet=study / "splits.parquet",
-        modality="mri",
-        model_params={"width": 8, "latent_dim": 8},
-        privacy_params={},
-        delta=1e-3,
-        train={"steps": 2, "batch_size": 2, "device": "cpu", "class_generators": True},
-        n_canaries=50,
-        n_canary_patients=0,
-        n_samples=30,
-        out_parquet=tmp_path / "white.parquet",
-        randomness="deterministic",
-    )
+    white_only = audit(2, 0, "white.parquet")
     assert white_only.threat_model.tolist() == [THREAT_MODEL]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import yaml
 
@@ -35,6 +35,16 @@ def schema_defaults(section: str) -> dict[str, Any]:
     return {k: p["default"] for k, p in _schema_properties(section).items() if "default" in p}
 
 
+class _Section:
+    """A config section's settings: `from_config` fills the keys it leaves out from the schema."""
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None):
+        return _from_section(cls, cls.section, values)
+
+
 def _from_section(cls, section: str, values: Mapping[str, Any] | None) -> Any:
     values = dict(values or {})
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -49,19 +59,19 @@ def _from_section(cls, section: str, values: Mapping[str, Any] | None) -> Any:
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
+class GenerateSettings(_Section):
     """`generate:`: sampling from every trained run (the schema describes each key)."""
+
+    section: ClassVar[str] = "generate"
 
     n_samples: int
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "GenerateSettings":
-        return _from_section(cls, "generate", section)
-
 
 @dataclass(frozen=True)
-class EvaluateSettings:
+class EvaluateSettings(_Section):
     """`evaluate:`: scoring every run's samples (the schema describes each key)."""
+
+    section: ClassVar[str] = "evaluate"
 
     metrics: tuple[str, ...]
     split: str
@@ -70,23 +80,17 @@ class EvaluateSettings:
     inception_weights: str | None
     downstream_epochs: int
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "EvaluateSettings":
-        return _from_section(cls, "evaluate", section)
-
 
 @dataclass(frozen=True)
-class PlotSettings:
+class PlotSettings(_Section):
     """`plot:`: figures and tables (the schema describes each key)."""
+
+    section: ClassVar[str] = "plot"
 
     n_columns: int
     privacy_utility_metrics: tuple[str, ...]
     table_metrics: tuple[str, ...]
     image_indices: tuple[int, ...] | None
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "PlotSettings":
-        return _from_section(cls, "plot", section)
 
 
 __all__ = ["EvaluateSettings", "GenerateSettings", "PlotSettings", "schema_defaults"]
