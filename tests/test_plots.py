@@ -283,3 +283,45 @@ def test_per_model_privacy_utility_keeps_only_that_models_metrics(tmp_path, monk
     assert set(drawn[-1][0].model) == {"dcgan", "real_data"}
     with pytest.raises(ValueError, match="no metric rows for model 'sngan'"):
         study.privacy_utility_figure(metrics, ledgers, "brats", [tmp_path / "f.png"], model="sngan")
+
+
+def test_fusion_grid_shows_the_pairs_every_run_fused_beside_their_sources(tmp_path, monkeypatch):
+    """Each fusion run fuses the same `generate.n_samples` pairs of the split, a subset when there are more
+    pairs: the grid's source rows are those pairs' MRI and PET, and a run that fused other pairs is refused."""
+    from dpmedgen.data.schema import ImageSet, read_image_set, write_image_set
+    from dpmedgen.data.split import read_splits, select_split
+    from dpmedgen.generate import fused_pair_indices
+    from dpmedgen.plots import study
+    from dpmedgen.runs import RunSpec
+    from conftest import toy_study
+
+    toy_study(tmp_path)
+    test = select_split(read_image_set(tmp_path / "images.h5"), read_splits(tmp_path / "splits.parquet"), "test")
+    chosen = fused_pair_indices(len(test), 4)
+    assert len(test) > len(chosen)  # a subset of the pairs, as in the default study
+    files = []
+    for k, privacy in enumerate(("dpsgd", "none")):
+        run = RunSpec("toy", "ddcgan", privacy, 1.0 if privacy == "dpsgd" else math.inf, 0)
+        fused = test.modalities["mri"][chosen] * 0.5 + test.modalities["pet"][chosen] * 0.5
+        write_image_set(tmp_path / f"fused{k}.h5", ImageSet(
+            {"fused": fused}, test.patient_id[chosen], test.slice[chosen], test.label[chosen], dataset="toy",
+            provenance={"run": run.as_dict()}))
+        files.append(tmp_path / f"fused{k}.h5")
+    calls = []
+    monkeypatch.setattr(study, "plot_sample_grid", lambda real, rows, paths, **kw: calls.append((real, rows, kw)))
+    study.fusion_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", ("mri", "pet"), files,
+                        [tmp_path / "f.png"], n_columns=3)
+    mri, rows, kw = calls[-1]
+    shown = [0, 2, 3]  # 3 of the 4 fused pairs, evenly spaced
+    np.testing.assert_array_equal(mri, test.modalities["mri"][chosen][shown])
+    np.testing.assert_array_equal(rows[0][1], test.modalities["pet"][chosen][shown])
+    assert [label for label, _ in rows[1:]] == ["fused · DDcGAN · non-private", "fused · DDcGAN · DP-SGD ε=1"]
+    expected = test.modalities["mri"][chosen][shown] * 0.5 + test.modalities["pet"][chosen][shown] * 0.5
+    np.testing.assert_allclose(rows[1][1], expected, atol=1e-6)
+    other = read_image_set(files[1])
+    write_image_set(tmp_path / "other.h5", ImageSet(
+        {"fused": other.modalities["fused"]}, other.patient_id[::-1].copy(), other.slice[::-1].copy(), other.label,
+        dataset="toy", provenance=other.provenance))
+    with pytest.raises(ValueError, match="not the test pairs .* that the other runs fused"):
+        study.fusion_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", ("mri", "pet"),
+                            [files[0], tmp_path / "other.h5"], [tmp_path / "f.png"])

@@ -163,26 +163,36 @@ def fusion_figure(
     indices: Sequence[int] | None = None,
     title: str | None = None,
 ) -> None:
-    """MRI | PET | fused rows for the same evaluation pairs — `indices` (config key plot.image_indices) into
-    the split, or `n_columns` pairs evenly spaced over it (so several patients appear): first the two source
-    rows, then one fused row per fusion run (non-private first, then each technique by decreasing ε)."""
+    """MRI | PET | fused rows for the same evaluation pairs: first the two source rows, then one fused row per
+    fusion run (non-private first, then each technique by decreasing ε). Every run fuses the same pairs of the
+    split (`generate.fused_pair_indices`); the columns are `indices` (config key plot.image_indices) into them,
+    or `n_columns` of them evenly spaced (so several patients appear)."""
     part = select_split(read_image_set(images_h5, modalities=list(modalities)), read_splits(splits_parquet), split)
-    if indices is not None:
-        pick = _check_indices(indices, len(part), f"the {split} split of {images_h5}")
-    else:
-        pick = _spread(len(part), n_columns)
+    position = {(p, int(k)): i for i, (p, k) in enumerate(zip(part.patient_id, part.slice))}
+    fused_pairs = None
     rows = []
     for f in sample_files:
         samples = read_image_set(f)
-        if not (np.array_equal(samples.patient_id, part.patient_id) and np.array_equal(samples.slice, part.slice)):
-            raise ValueError(f"{f}: its fused images are not the {split} pairs of {images_h5} in order; regenerate it")
+        pairs = list(zip(samples.patient_id, (int(k) for k in samples.slice)))
+        if fused_pairs is None:
+            fused_pairs = pairs
+        if pairs != fused_pairs or any(pair not in position for pair in pairs):
+            raise ValueError(f"{f}: its fused images are not the {split} pairs of {images_h5} that the other runs "
+                             "fused; regenerate it")
         run = RunSpec(**samples.provenance["run"])
         (pixels,) = samples.modalities.values()
-        rows.append((run, pixels[pick]))
+        rows.append((run, pixels))
+    n_fused = len(fused_pairs) if fused_pairs is not None else len(part)
+    if indices is not None:
+        pick = _check_indices(indices, n_fused, f"the fused {split} pairs")
+    else:
+        pick = _spread(n_fused, n_columns)
+    rows = [(run, pixels[pick]) for run, pixels in rows]
+    sources = np.asarray([position[fused_pairs[i]] for i in pick] if fused_pairs is not None else pick)
     rows.sort(key=lambda r: (r[0].model, privacy_sort_key(r[0].privacy), -r[0].epsilon))
-    second = (modalities[1].upper(), part.modalities[modalities[1]][pick])
+    second = (modalities[1].upper(), part.modalities[modalities[1]][sources])
     plot_sample_grid(
-        part.modalities[modalities[0]][pick],
+        part.modalities[modalities[0]][sources],
         [second] + [(f"fused · {run_label(run)}", pixels) for run, pixels in rows],
         list(paths),
         n_cols=len(pick),
