@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,3 +142,9 @@ def test_split_table_without_canary_column_still_reads(tmp_path):
     splits = split_patients(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
     write_splits(splits, tmp_path / "splits.parquet")
     assert "canary" not in pd.read_parquet(tmp_path / "splits.parquet").columns
+
+
+def test_the_data_stages_do_not_import_torch():
+    """download, preprocess and split jobs work on numpy arrays: importing torch would cost each ~2 CPU-s."""
+    code = "import sys, dpmedgen.data.stages; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,9 +27,14 @@ black ones is 1 / C(16, 8) = 1 / 12,870 (tested on 20,000 noise images).
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CELLS",
@@ -44,6 +49,13 @@ __all__ = [
 
 CELLS = 4  #: the marker is CELLS x CELLS checkerboard cells
 DETECTION_THRESHOLD = 0.5  #: strength (white minus black cell mean) at which a sample reproduces the marker
+
+
+def _is_tensor(x) -> bool:
+    """Whether `x` is a torch tensor, without importing torch: the data stages (download, preprocess, split)
+    use this module on numpy arrays only, and a job that imports torch for nothing pays ~2 CPU-s."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _geometry(height: int, width: int) -> tuple[int, int]:
@@ -76,7 +88,9 @@ def plant(images: torch.Tensor | np.ndarray, rows: np.ndarray, low: float = 0.0,
     if len(rows) != len(images):
         raise ValueError(f"{len(rows)} row flags for {len(images)} images")
     mask = canary_mask(*images.shape[-2:])
-    if isinstance(images, torch.Tensor):
+    if _is_tensor(images):
+        import torch
+
         out = images.clone()
         white, black = torch.from_numpy(mask == 1), torch.from_numpy(mask == -1)
         index = torch.from_numpy(np.flatnonzero(rows))
@@ -96,7 +110,7 @@ def plant(images: torch.Tensor | np.ndarray, rows: np.ndarray, low: float = 0.0,
 def canary_strength(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Marker strength of each image (N, H, W) or (N, 1, H, W) in [0, 1]: mean of the white cells minus mean
     of the black cells at the marker's place, float64 (N,); 1 for a planted marker."""
-    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    x = images.detach().cpu().numpy() if _is_tensor(images) else np.asarray(images)
     if x.ndim == 4:
         x = x[:, 0]
     mask = canary_mask(*x.shape[-2:])
@@ -114,7 +128,7 @@ def _cell_means(x: np.ndarray) -> np.ndarray:
 def canary_detected(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Whether each image (N, H, W) or (N, 1, H, W) in [0, 1] reproduces the marker, bool (N,): strength >=
     DETECTION_THRESHOLD and every white cell brighter than every black cell (see the module docstring)."""
-    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    x = images.detach().cpu().numpy() if _is_tensor(images) else np.asarray(images)
     if x.ndim == 4:
         x = x[:, 0]
     cells = _cell_means(x)
