@@ -20,6 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
 
+
+def _start_rank(item) -> int:
+    """0: the tests that read the CI study (xdist_group "ci_study", ~10 min on one worker); 1: the other
+    end-to-end tests (marked `integration`); 2: the rest."""
+    if item.get_closest_marker("xdist_group") is not None:
+        return 0
+    return 1 if item.get_closest_marker("integration") is not None else 2
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Longest first: pytest-xdist hands out tests in collection order (pyproject.toml: `-n 2 --dist
+    loadgroup`), so one worker starts on the CI study at once while the other takes the remaining end-to-end
+    tests and then the unit tests, instead of a long test starting last and running alone."""
+    items.sort(key=_start_rank)  # stable: within a rank, the usual order
+
 def run_snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
     """The workflow with `args` in `workdir` (the CI config unless `config`), called from the repository root,
     where `--profile slurm` finds ./slurm as a user's call would."""
