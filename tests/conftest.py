@@ -21,19 +21,18 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
 
 
-def _start_rank(item) -> int:
-    """0: the tests that read the CI study (xdist_group "ci_study", ~10 min on one worker); 1: the other
-    end-to-end tests (marked `integration`); 2: the rest."""
-    if item.get_closest_marker("xdist_group") is not None:
-        return 0
-    return 1 if item.get_closest_marker("integration") is not None else 2
+#: The end-to-end test files, slowest first: the CI study (and the SLURM test that compares with it), the
+#: real-dataset DAG, the interrupted and failing runs.
+SLOW_FILES = ("test_workflow.py", "test_real_datasets.py", "test_workflow_recovery.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """Longest first: pytest-xdist hands out tests in collection order (pyproject.toml: `-n 2 --dist
-    loadgroup`), so one worker starts on the CI study at once while the other takes the remaining end-to-end
-    tests and then the unit tests, instead of a long test starting last and running alone."""
-    items.sort(key=_start_rank)  # stable: within a rank, the usual order
+    """Slowest files first: pytest-xdist hands out files in collection order (pyproject.toml: `-n 2 --dist
+    loadfile --no-loadscope-reorder`), so one worker starts on the CI study at once while the other takes the
+    other end-to-end files and then the unit tests, instead of a long file starting last and running alone."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(SLOW_FILES)))  # stable within a file
+
 
 def run_snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
     """The workflow with `args` in `workdir` (the CI config unless `config`), called from the repository root,

@@ -32,7 +32,6 @@ def ci_study(tmp_path_factory) -> Path:
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("ci_study")  # pyproject.toml: the tests that read the CI study share one worker
 def test_ci_study_end_to_end(ci_study):
     tmp_path = ci_study
     results = tmp_path / "results-ci"
@@ -225,7 +224,6 @@ SLURM_TARGETS = [f"results-ci/brain_phantom/runs/dcgan/dpsgd/eps1/seed0/{name}" 
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("ci_study")
 def test_slurm_profile_reproduces_the_local_study(ci_study, tmp_path):
     """`snakemake --profile slurm` on a live cluster: every job is a SLURM job (sbatch, then srun inside),
     its state read with sacct, and the trained weights and ledger are those of the same run done locally (same
