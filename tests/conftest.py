@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SLURM_PROFILE = ["--profile", "slurm", "--profile", str(ROOT / "tests" / "slurm" / "profile")]
 
-
 #: The end-to-end test files, slowest first: the CI study (and the SLURM test that compares with it), the
 #: real-dataset DAG, the interrupted and failing runs.
 SLOW_FILES = ("test_workflow.py", "test_real_datasets.py", "test_workflow_recovery.py")
