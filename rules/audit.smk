@@ -25,7 +25,7 @@ rule audit_one_run:
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),
-        privacy_params=lambda w: privacy_params(config, w.privacy),
+        privacy_params=lambda w: privacy_params(config, w.privacy, w.model),
         delta=config["privacy"]["delta"],
         train=lambda w: train_settings(config, w.model),
         n_canaries=config["audit"]["n_canaries"],

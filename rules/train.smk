@@ -34,7 +34,7 @@ rule train:
     params:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         model_params=lambda w: model_params(config, w.model),
-        privacy_params=lambda w: privacy_params(config, w.privacy),
+        privacy_params=lambda w: privacy_params(config, w.privacy, w.model),
         delta=config["privacy"]["delta"],
         train=lambda w: train_settings(config, w.model),
         randomness=config["privacy"]["randomness"],

@@ -129,3 +129,15 @@ def test_pretrain_settings_take_the_model_overrides():
     # the run's own step count is not among them: changing train.steps does not pretrain again
     assert pretrain_settings(config, "dcgan") == {"steps": 800, "seed": 0, "train": {"batch_size": 256, "lr": {"generator": 1e-3}}}
     assert model_params(config, "ddpm") == {"sampling_steps": 5}
+
+
+def test_a_model_s_dpsgd_clipping_norm_overrides_the_study_s_for_its_dp_sgd_runs_only():
+    from dpmedgen.config import model_params, privacy_params
+
+    config = {"privacy": {"dpsgd": {"max_grad_norm": 1.0, "unit": "patient"}, "functional": {"unit": "patient"}},
+              "models": {"sngan": {"width": 16, "dpsgd": {"max_grad_norm": 10.0}}, "ddpm": {}}}
+    assert privacy_params(config, "dpsgd", "sngan") == {"max_grad_norm": 10.0, "unit": "patient"}
+    assert privacy_params(config, "dpsgd", "ddpm") == {"max_grad_norm": 1.0, "unit": "patient"}
+    assert privacy_params(config, "dpsgd") == {"max_grad_norm": 1.0, "unit": "patient"}
+    assert privacy_params(config, "functional", "sngan") == {"unit": "patient"}
+    assert model_params(config, "sngan") == {"width": 16}

@@ -245,7 +245,7 @@ def _check_model_entries(config: dict[str, Any]) -> None:
         accepted = set(inspect.signature(MODELS.get(name).__init__).parameters) - {"self", "image_size"}
         unknown = sorted(set(model_params(config, name)) - accepted)
         if unknown:
-            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`, `pretrain`)")
+            raise ConfigError(f"config key models.{name}.{unknown[0]}: not a parameter of {name}; accepted: {sorted(accepted)} (and `train`, `pretrain`, `dpsgd`)")
         try:
             train_settings(config, name)
         except (TypeError, ValueError) as err:
@@ -896,11 +896,15 @@ def skipped_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+#: Keys of a `models.<model>` entry that are overrides of other sections, not constructor parameters.
+MODEL_OVERRIDE_KEYS = ("train", "pretrain", "dpsgd")
+
+
 def model_params(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """Constructor parameters of `model` (`models.<model>` in config, without its `train` overrides)."""
+    """Constructor parameters of `model` (`models.<model>` in config, without its overrides of other sections)."""
     params = dict(config["models"].get(model) or {})
-    params.pop("train", None)
-    params.pop("pretrain", None)
+    for key in MODEL_OVERRIDE_KEYS:
+        params.pop(key, None)
     return params
 
 
@@ -917,9 +921,13 @@ def train_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
     return merged
 
 
-def privacy_params(config: dict[str, Any], mode: str) -> dict[str, Any]:
-    """Mode-specific parameters (`privacy.<mode>` in config)."""
-    return dict(config["privacy"].get(mode) or {})
+def privacy_params(config: dict[str, Any], mode: str, model: str | None = None) -> dict[str, Any]:
+    """Mode-specific parameters (`privacy.<mode>` in config); for DP-SGD with the `model`'s overrides
+    (`models.<model>.dpsgd`, e.g. its clipping norm: per-example gradient norms differ by model)."""
+    params = dict(config["privacy"].get(mode) or {})
+    if mode == "dpsgd" and model is not None:
+        params |= dict((config["models"].get(model) or {}).get("dpsgd") or {})
+    return params
 
 
 def resources(config: dict[str, Any], rule: str) -> dict[str, Any]:
