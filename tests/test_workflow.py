@@ -77,6 +77,12 @@ def test_ci_study_end_to_end(ci_study):
     assert privacy.loc[privacy.privacy.str.startswith("output_"), "epsilon_spent"].map(math.isinf).all()
     ledger = json.loads(next(results.glob("brain_phantom/runs/dcgan/dpsgd/eps1/seed0/privacy.json")).read_text())
     assert ledger["epsilon_spent"] <= 1.0 and ledger["noise_multiplier"] > 0
+    # each model clips at its own norm where it sets one (models.<name>.dpsgd), else at privacy.dpsgd's
+    for model in ("dcgan", "sngan", "ddpm"):
+        own = (config["models"][model].get("dpsgd") or {}).get("max_grad_norm", config["privacy"]["dpsgd"]["max_grad_norm"])
+        run_ledger = json.loads((results / f"brain_phantom/runs/{model}/dpsgd/eps1/seed0/privacy.json").read_text())
+        assert run_ledger["max_grad_norm"] == own, model
+    assert config["models"]["dcgan"]["dpsgd"]["max_grad_norm"] != config["privacy"]["dpsgd"]["max_grad_norm"]
     fusion = json.loads((results / "brain_phantom/runs/ddcgan/dpsgd/eps1/seed0/privacy.json").read_text())
     assert fusion["protected_networks"] == ["discriminator_mri", "discriminator_pet", "generator"]
     assert fusion["steps"] == 3 * config["train"]["steps"] and fusion["epsilon_spent"] <= 1.0
