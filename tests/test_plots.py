@@ -325,3 +325,41 @@ def test_fusion_grid_shows_the_pairs_every_run_fused_beside_their_sources(tmp_pa
     with pytest.raises(ValueError, match="not the test pairs .* that the other runs fused"):
         study.fusion_figure(tmp_path / "images.h5", tmp_path / "splits.parquet", "test", ("mri", "pet"),
                             [files[0], tmp_path / "other.h5"], [tmp_path / "f.png"])
+
+
+def test_range_bounds_reads_the_documented_interval_of_every_metric():
+    from dpmedgen.metrics import METRIC_INFO
+    from dpmedgen.plots.style import range_bounds
+
+    assert range_bounds("[0, 1]; 0.5 = chance") == (0.0, 1.0)
+    assert range_bounds("[0, inf)") == (0.0, math.inf)
+    assert range_bounds("(-inf, inf); ~0 for matching distributions") == (-math.inf, math.inf)
+    assert range_bounds("[0, 0.9748]; 0.9748 = perfect edge transfer") == (0.0, 0.9748)
+    assert range_bounds("[0, n_real/k]; 1 for identical sets") == (0.0, math.inf)  # not a number: unbounded
+    assert range_bounds("{1, 2, ...}") == range_bounds("1..evaluate.downstream_epochs") == (-math.inf, math.inf)
+    for name, info in METRIC_INFO.items():  # every documented range parses to an interval, low < high
+        low, high = range_bounds(info.range)
+        assert low < high, name
+
+
+@pytest.mark.parametrize("two_seeds", [(0.40, 0.95), (0.05, 0.60)])
+def test_privacy_utility_bands_stay_inside_the_metric_s_range(tmp_path, monkeypatch, two_seeds):
+    """Two seeds far apart: the 95 % t-interval (mean ± 12.7 sd/√2) leaves [0, 1]; the drawn bands must not."""
+    import dpmedgen.plots.privacy_utility as pu
+
+    rows = []
+    for seed, value in enumerate(two_seeds):
+        rows.append(dict(dataset="brats", model="dcgan", privacy="none", epsilon_target=np.inf, seed=seed,
+                         metric="downstream_auroc", value=value))
+        for eps in (1.0, 10.0):
+            rows.append(dict(dataset="brats", model="dcgan", privacy="dpsgd", epsilon_target=eps, seed=seed,
+                             metric="downstream_auroc", value=value - 0.02))
+    figures = []
+    monkeypatch.setattr(pu, "save_figure", lambda fig, paths: figures.append(fig))
+    plot_privacy_utility(pd.DataFrame(rows), "brats", [tmp_path / "pu.png"])
+    (ax,) = [a for a in figures[0].axes if a.get_ylabel().startswith("downstream_auroc")]
+    extents = [c.get_datalim(ax.transData) for c in ax.collections] + [p.get_extents().transformed(ax.transData.inverted())
+                                                                       for p in ax.patches]
+    assert len(extents) >= 2  # the private line's band and the reference's band
+    for box in extents:
+        assert box.y0 >= -1e-9 and box.y1 <= 1 + 1e-9, (box.y0, box.y1)

@@ -24,6 +24,7 @@ from .style import (
     privacy_dashes,
     privacy_label,
     privacy_sort_key,
+    range_bounds,
     reference_dashes,
     save_figure,
 )
@@ -122,13 +123,15 @@ def _split_rows(df: pd.DataFrame, dataset: str, metric_info: Mapping[str, Any]) 
     )
 
 
-def _draw_private_lines(ax, sub: pd.DataFrame, noise_of: Mapping[str, str] | None) -> None:
-    """One line per (model, technique): the mean over seeds at each ε, band = its 95 % t-interval over seeds."""
+def _draw_private_lines(ax, sub: pd.DataFrame, noise_of: Mapping[str, str] | None,
+                        bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """One line per (model, technique): the mean over seeds at each ε, band = its 95 % t-interval over seeds,
+    clipped to the metric's `bounds`."""
     for (model, privacy), line in sub.groupby(["model", "privacy"], sort=False):
         per_eps = line.groupby(EPSILON_TARGET)["value"]
         eps = np.array(sorted(per_eps.groups))
         mean = np.array([per_eps.get_group(e).mean() for e in eps])
-        ci = np.array([mean_ci95(per_eps.get_group(e).to_numpy()) for e in eps])
+        ci = np.clip(np.array([mean_ci95(per_eps.get_group(e).to_numpy()) for e in eps]), *bounds)
         color = privacy_color(privacy)
         ax.plot(eps, mean, color=color, dashes=privacy_dashes(privacy, noise_of), marker=model_marker(model),
                 mec="white", mew=0.5, zorder=2.5)
@@ -136,15 +139,17 @@ def _draw_private_lines(ax, sub: pd.DataFrame, noise_of: Mapping[str, str] | Non
             ax.fill_between(eps, ci[:, 0], ci[:, 1], color=color, alpha=0.15, lw=0, zorder=1)
 
 
-def _draw_references(ax, ref: pd.DataFrame, metric: str, ref_models: Sequence[str]) -> None:
-    """Each model's non-private mean over seeds as a dashed line, its 95 % t-interval as a band, its marker at the edge."""
+def _draw_references(ax, ref: pd.DataFrame, metric: str, ref_models: Sequence[str],
+                      bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """Each model's non-private mean over seeds as a dashed line, its 95 % t-interval (clipped to the metric's
+    `bounds`) as a band, its marker at the edge."""
     none_color = privacy_color(NON_PRIVATE)
     to_axes_x = transforms.blended_transform_factory(ax.transAxes, ax.transData)
     for i, model in enumerate(ref_models):
         vals = ref.loc[(ref["metric"] == metric) & (ref["model"] == model), "value"].to_numpy()
         if len(vals) == 0:
             continue
-        mean, (lo, hi) = float(vals.mean()), mean_ci95(vals)
+        mean, (lo, hi) = float(vals.mean()), np.clip(mean_ci95(vals), *bounds)
         ax.axhline(mean, color=none_color, lw=1.1, dashes=reference_dashes(i), zorder=1.6)
         if hi > lo:
             ax.axhspan(lo, hi, color=none_color, alpha=0.10, lw=0, zorder=0.5)
@@ -244,7 +249,8 @@ def plot_privacy_utility(
     ``inf`` for ``privacy == "none"``). One panel per metric (``*_std`` helper metrics are skipped); x = ε on a
     log axis (finite ε only); one line per (model, privacy technique) with the mean over seeds and a band of
     its 95 % Student-t interval over seeds (none for one seed); each model's non-private mean is a
-    horizontal reference line (a dash pattern per model, grey) with a light 95 % band.
+    horizontal reference line (a dash pattern per model, grey) with a light 95 % band. Bands are clipped to the
+    values the metric can take (its documented range, ``style.range_bounds``).
     Non-finite metric values (e.g. ``psnr_nn = inf`` for exact copies) cannot be drawn: they are dropped with
     a warning. Raises ValueError when the table lacks columns or has no rows for ``dataset``.
     """
@@ -261,8 +267,10 @@ def plot_privacy_utility(
     for k, metric in enumerate(rows.metric_names):
         ax = axes[k // ncols][k % ncols]
         ax.set_xscale("log")
-        _draw_private_lines(ax, rows.priv[rows.priv["metric"] == metric], noise_of)
-        _draw_references(ax, rows.ref, metric, rows.ref_models)
+        info = metric_info.get(metric)
+        bounds = range_bounds(getattr(info, "range", ""))
+        _draw_private_lines(ax, rows.priv[rows.priv["metric"] == metric], noise_of, bounds)
+        _draw_references(ax, rows.ref, metric, rows.ref_models, bounds)
         _style_eps_axis(ax, rows.eps_values, xlabel, bottom_row=k + ncols >= n)
         _style_y_axis(ax, metric, metric_info)
     spare = [axes[k // ncols][k % ncols] for k in range(n, nrows * ncols)]

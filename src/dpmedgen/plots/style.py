@@ -6,7 +6,9 @@ no display needed), so plotting works headless and never leaks open figures.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Mapping, Sequence
 
@@ -103,6 +105,33 @@ def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return (mean, mean)
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
     return (mean - half, mean + half)
+
+
+_INTERVAL = re.compile(r"^\s*[\[(]\s*([^,\])]+?)\s*,\s*([^\])]+?)\s*[\])]")
+
+
+def range_bounds(range_text: str) -> tuple[float, float]:
+    """The numeric (low, high) of a metric's documented range (``MetricInfo.range``, e.g. ``"[0, 1]; 0.5 =
+    chance"`` -> (0, 1), ``"[0, inf)"`` -> (0, inf)); a bound that is not a plain number (``"[0, n_real/k]"``) or
+    a range that is not an interval (``"{1, 2, ...}"``) is unbounded on that side. Used to clip a confidence
+    band to the values the metric can take (a 95 % t-interval over two seeds is mean ± 12.7 sd/√2 and can
+    leave [0, 1] far behind).
+
+    >>> range_bounds("[0, 1]; 0.5 = chance"), range_bounds("(-inf, inf)"), range_bounds("1..epochs")
+    ((0.0, 1.0), (-inf, inf), (-inf, inf))
+    """
+    match = _INTERVAL.match(range_text or "")
+    if match is None:
+        return (-math.inf, math.inf)
+
+    def number(text: str, default: float) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            return default
+        return default if math.isnan(value) else value
+
+    return number(match.group(1), -math.inf), number(match.group(2), math.inf)
 
 
 # `real_data`: the downstream classifier trained on the real training patients (a reference, not a model)
@@ -226,6 +255,7 @@ __all__ = [
     "TECHNIQUE_LABELS",
     "REFERENCE_DASHES",
     "mean_ci95",
+    "range_bounds",
     "privacy_dashes",
     "reference_dashes",
     "write_atomic",
