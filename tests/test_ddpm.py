@@ -74,6 +74,7 @@ def test_interface():
         (dict(beta_schedule="quadratic"), "beta_schedule"),
         (dict(num_train_timesteps=0), "num_train_timesteps"),
         (dict(channels=0), "channels"),
+        (dict(prediction_type="sample"), "prediction_type"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -123,6 +124,23 @@ def test_loss_is_the_mean_of_the_rows_of_each_example():
     single = tiny(noise_draws=1)  # same seed: same weights
     rows = single.denoising_loss(single.denoiser, real.repeat_interleave(2, 0), t, eps)
     torch.testing.assert_close(per_example, rows.view(2, 2).mean(1))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_is_the_noise_or_the_velocity(prediction_type):
+    """Ho et al.'s eps target, or Salimans & Ho's v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, written here
+    from the schedule's alphas_cumprod (not diffusers' get_velocity), and the sampler predicting the same."""
+    model = tiny(prediction_type=prediction_type)
+    assert model.prediction_type == prediction_type == model.scheduler.config.prediction_type
+    real, t, eps = images(3), torch.tensor([0, 400, 999]), torch.randn(3, 1, 32, 32)
+    abar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * real + (1 - abar).sqrt() * eps
+    target = eps if prediction_type == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * real
+    with torch.no_grad():
+        expected = (target - model.denoiser(x_t, t).sample).pow(2).flatten(1).mean(1)
+        loss = model.denoising_loss(model.denoiser, real, t, eps)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 32, 32)
 
 
 # ---------------------------------------------------------------------------------------- Opacus
