@@ -131,6 +131,19 @@ def test_pretrain_settings_take_the_model_overrides():
     assert model_params(config, "ddpm") == {"sampling_steps": 5}
 
 
+def test_a_model_s_pretraining_learning_rate_overrides_its_training_rate_for_pretraining_only():
+    from dpmedgen.config import pretrain_settings, train_settings
+
+    config = {"pretrain": {"steps": 800}, "train": {"steps": 200, "batch_size": 32, "lr": {"generator": 1e-3, "denoiser": 1e-3}},
+              "models": {"ddpm": {"train": {"lr": {"denoiser": 2e-4}}, "pretrain": {"steps": 400, "lr": {"denoiser": 1e-3}}},
+                         "dcgan": {}}}
+    assert pretrain_settings(config, "ddpm")["train"]["lr"] == {"generator": 1e-3, "denoiser": 1e-3}
+    assert pretrain_settings(config, "ddpm")["steps"] == 400
+    assert train_settings(config, "ddpm")["lr"] == {"generator": 1e-3, "denoiser": 2e-4}  # fine-tuning keeps its own
+    del config["models"]["ddpm"]["pretrain"]["lr"]
+    assert pretrain_settings(config, "ddpm")["train"]["lr"] == {"generator": 1e-3, "denoiser": 2e-4}
+
+
 def test_a_model_s_dpsgd_clipping_norm_overrides_the_study_s_for_its_dp_sgd_runs_only():
     from dpmedgen.config import model_params, privacy_params
 

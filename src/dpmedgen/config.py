@@ -818,11 +818,16 @@ PRETRAIN_TRAIN_KEYS = ("batch_size", "lr", "beta1", "beta2", "amp", "device")
 
 def pretrain_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
     """`pretrain` with its defaults and the model's overrides (`models.<model>.pretrain`), and under `train` the
-    model's training settings that pretraining uses (`PRETRAIN_TRAIN_KEYS`)."""
+    model's training settings that pretraining uses (`PRETRAIN_TRAIN_KEYS`); the override's `lr` (per role)
+    replaces the training learning rates for pretraining only."""
     override = dict((config["models"].get(model) or {}).get("pretrain") or {})
+    lr = override.pop("lr", None) or {}  # per role, over the training rates: a fine-tuning rate may be lower
     settings = {"steps": 1000, "seed": 0} | dict(config.get("pretrain") or {}) | override
     train = train_settings(config, model)
-    return settings | {"train": {k: train[k] for k in PRETRAIN_TRAIN_KEYS if k in train}}
+    picked = {k: train[k] for k in PRETRAIN_TRAIN_KEYS if k in train}
+    if lr:
+        picked["lr"] = dict(picked.get("lr") or {}) | dict(lr)
+    return settings | {"train": picked}
 
 
 def _check_pretraining(config: dict[str, Any]) -> None:
