@@ -1,5 +1,6 @@
-# Metrics of each run against real held-out patients (their encoder features computed once per dataset; the
-# downstream classifier's real-data reference once per dataset and seed), then the study tables.
+# Metrics of each run against real held-out patients (their encoder features and the memorization threshold
+# computed once per dataset; the downstream classifier's real-data reference once per dataset and seed), then
+# the study tables.
 
 
 rule real_features:
@@ -23,6 +24,7 @@ rule real_features:
         modality=lambda w: config["datasets"][w.dataset]["modality"],
         split=config["evaluate"]["split"],
         batch_size=config["evaluate"]["batch_size"],
+        nonmember_splits=config["evaluate"]["nonmember_splits"],  # the memorization threshold's non-members
     script:
         "../workflow_scripts/real_features.py"
 

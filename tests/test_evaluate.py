@@ -83,6 +83,36 @@ def test_private_gan_gets_every_applicable_family_with_bounds(study, tmp_path, c
     assert set(rows.n_fake) == {10}
 
 
+def test_the_shared_real_data_file_carries_the_memorization_threshold_used_only_for_its_own_images(study, tmp_path, caplog):
+    """real_features computes the threshold once per dataset; an evaluation uses it when its members and
+    non-members are exactly those it was computed on (same memorization rate), else computes it again."""
+    import torch
+
+    from dpmedgen.evaluate import real_features
+
+    run = RunSpec("toy", "dcgan", "none", math.inf, 0)
+    paths = _run(study, tmp_path, run, {"width": 8, "latent_dim": 8})
+    cache = tmp_path / "real_features.pt"
+    real_features(images_h5=study / "images.h5", splits_parquet=study / "splits.parquet", modality="mri",
+                  split="test", batch_size=8, out_path=cache, nonmember_splits=["val", "test"])
+    state = torch.load(cache, weights_only=False)
+    assert state["memorization"]["threshold"] > 0
+    plain = _evaluate(study, tmp_path, run, paths, metrics=["mia_dcr"])
+    cached = _evaluate(study, tmp_path, run, paths, metrics=["mia_dcr"], real_features_file=cache)
+    assert cached.equals(plain)
+    # a threshold that would change the rate, recorded for exactly these images: it is the one used
+    state["memorization"]["threshold"] = 1e9
+    torch.save(state, cache)
+    rate = dict(zip(*_evaluate(study, tmp_path, run, paths, metrics=["mia_dcr"], real_features_file=cache)[["metric", "value"]].T.values))
+    assert rate["memorization_rate"] == 1.0
+    # recorded for other images: not used, said in the log
+    state["memorization"]["digest"] = "0" * 64
+    torch.save(state, cache)
+    with caplog.at_level("WARNING", logger="dpmedgen.evaluate"):
+        again = _evaluate(study, tmp_path, run, paths, metrics=["mia_dcr"], real_features_file=cache)
+    assert again.equals(plain) and "computed for other members or non-members" in caplog.text
+
+
 def test_fusion_run_is_scored_against_its_own_source_pairs(study, tmp_path, caplog):
     run = RunSpec("toy", "ddcgan", "none", math.inf, 0)
     paths = _run(study, tmp_path, run, {"width": 4, "modalities": ["mri", "pet"]})

@@ -19,6 +19,7 @@ from dpmedgen.metrics.membership import (
     dp_tpr_bound,
     eps_lower_bound,
     memorization_rate,
+    memorization_threshold,
     mia_dcr,
     mia_discriminator,
     nearest_distances,
@@ -265,6 +266,10 @@ def test_memorization_rate_counts_only_closer_than_held_out(population):
     assert nearest_distances(near, members.images)[0] < threshold
     assert (nearest_distances(far, members.images) >= threshold).all()
     assert memorization_rate(samples, members.images, nonmembers.images) == 0.25
+    # a threshold computed beforehand (once per dataset) is the one used
+    assert memorization_threshold(members.images, nonmembers.images) == threshold
+    assert memorization_rate(samples, members.images, nonmembers.images, threshold=threshold) == 0.25
+    assert memorization_rate(samples, members.images, nonmembers.images, threshold=0.0) == 0.0
 
 
 def test_bound_rows_follow_the_ledger(population):

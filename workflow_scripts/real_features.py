@@ -11,5 +11,6 @@ real_features(
     split=snakemake.params.split,
     batch_size=snakemake.params.batch_size,
     threads=snakemake.threads,
+    nonmember_splits=snakemake.params.nonmember_splits,
     out_path=snakemake.output[0],
 )

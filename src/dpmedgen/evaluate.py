@@ -8,6 +8,7 @@ row per run with its ledger's fields. `epsilon_target` is a float; `inf` marks t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from dpmedgen.io import load_torch, verify_zip, write_atomic, write_parquet
 from dpmedgen.metrics import PatientImages, all_metric_info
 from dpmedgen.metrics import evaluate as compute_metrics
 from dpmedgen.metrics.downstream import LabelledImages, LabelledSplits, downstream_utility
-from dpmedgen.metrics.membership import discriminator_scorer
+from dpmedgen.metrics.membership import discriminator_scorer, memorization_threshold
 from dpmedgen.metrics.encoder import extract_features
 from dpmedgen.privacy import read_ledger
 from dpmedgen.results import EPSILON_SPENT, EPSILON_TARGET, GUARANTEE_COLUMNS, METRIC_COLUMNS, NO_GUARANTEE, REAL_DATA, RUN_KEYS
@@ -48,15 +49,37 @@ def real_features(
     batch_size: int,
     out_path: str | os.PathLike,
     threads: int = 1,
+    nonmember_splits: Iterable[str] | None = None,
 ) -> None:
-    """Encoder features of the real images of `split`, computed once and shared by every run's evaluation."""
+    """What every run's evaluation shares, computed once: the encoder features of the real images of `split`
+    and, with `nonmember_splits`, the memorization threshold of the membership-inference members and
+    non-members (`membership.memorization_threshold`), with a digest of the images it was computed on."""
     import torch
 
     torch.set_num_threads(threads)
     real = _real_images(images_h5, splits_parquet, split, modality)
     features = extract_features(real.modalities[modality], batch_size=batch_size)
     state = {"features": features, "patient_id": real.patient_id.tolist(), "slice": real.slice.tolist()}
+    if nonmember_splits is not None:
+        everyone = read_image_set(images_h5, modalities=[modality])
+        groups = _membership_inputs(everyone, read_splits(splits_parquet), modality, list(nonmember_splits))
+        state["memorization"] = {
+            "threshold": memorization_threshold(groups["members"].images, groups["nonmembers"].images),
+            "digest": _membership_digest(groups),
+        }
     write_atomic(out_path, lambda tmp: torch.save(state, tmp))
+
+
+def _membership_digest(groups: dict[str, Any]) -> str:
+    """SHA-256 of the member and non-member images (and their patients): a cached threshold is used only for
+    exactly the images it was computed on."""
+    h = hashlib.sha256()
+    for name in ("members", "nonmembers"):
+        group = groups[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(group.images, dtype=np.float32).tobytes())
+        h.update("\0".join(map(str, group.patient_id)).encode())
+    return h.hexdigest()
 
 
 def evaluate_run(
@@ -95,7 +118,7 @@ def evaluate_run(
     if len(fake.modalities) != 1:
         raise ValueError(f"{samples_h5}: expected one generated modality, found {sorted(fake.modalities)}")
     (fake_modality, fake_pixels), = fake.modalities.items()  # the trained modality, or "fused" for fusion
-    features = _cached_real_features(real_features_file, real)
+    features, memorization = _cached_real_features(real_features_file, real)
     inputs: dict[str, Any] = {"ledger": read_ledger(ledger) if ledger is not None else None}
     model, state = _load_checkpoint(checkpoint)
     if fake_modality == FUSED:
@@ -105,6 +128,12 @@ def evaluate_run(
     splits = read_splits(splits_parquet)
     everyone = read_image_set(images_h5, modalities=[modality])
     inputs |= _membership_inputs(everyone, splits, modality, settings.nonmember_splits)
+    if memorization is not None:
+        if memorization["digest"] == _membership_digest(inputs):
+            inputs["memorization_threshold"] = memorization["threshold"]
+        else:
+            logger.warning("%s: its memorization threshold was computed for other members or non-members; "
+                           "computing it again", real_features_file)
     if model is not None:
         # a fusion model's discriminator of `modality` judges real `modality` images against fused ones
         network = f"discriminator_{modality}" if fake_modality == FUSED else None
@@ -133,13 +162,14 @@ def evaluate_run(
 
 
 def _cached_real_features(real_features_file, real: ImageSet):
-    """The real images' encoder features from `real_features_file` (None: computed by the metrics)."""
+    """The real images' encoder features from `real_features_file` and its memorization threshold record, if
+    it has one (None, None: both computed by the metrics)."""
     if real_features_file is None:
-        return None
+        return None, None
     cached = load_torch(real_features_file)
     if cached["patient_id"] != real.patient_id.tolist() or cached["slice"] != real.slice.tolist():
         raise ValueError(f"{real_features_file} was computed for other real images; delete it and rerun")
-    return cached["features"]
+    return cached["features"], cached.get("memorization")
 
 
 def _load_checkpoint(checkpoint) -> tuple[Any, dict[str, Any] | None]:

@@ -183,6 +183,8 @@ class EvalContext:
     - ``fake_labels``: the class label of each fake image (N,), when the run has one generator per class.
     - ``labelled_real``: :class:`~dpmedgen.metrics.downstream.LabelledSplits`, the real patients the downstream
       classifier is selected on (val) and tested on (test), with their labels.
+    - ``memorization_threshold``: `membership.memorization_threshold(members, nonmembers)` computed beforehand
+      (it depends on the real data only; the study computes it once per dataset); None: computed here.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class EvalContext:
         canary: float | None = None,
         fake_labels: np.ndarray | None = None,
         labelled_real: "downstream.LabelledSplits | None" = None,
+        memorization_threshold: float | None = None,
     ) -> None:
         self.real = validate_images(real, "real")
         self.fake = validate_images(fake, "fake")
@@ -232,6 +235,7 @@ class EvalContext:
             if self.fake_labels.shape != (len(self.fake),):
                 raise ValueError(f"fake_labels: one label per fake image needed, got shape {self.fake_labels.shape}")
         self.labelled_real = labelled_real
+        self.memorization_threshold = None if memorization_threshold is None else float(memorization_threshold)
         if self.real.shape[1:] != self.fake.shape[1:]:
             raise ValueError(
                 f"real and fake images differ in size: real {self.real.shape[1:]} vs fake {self.fake.shape[1:]}"

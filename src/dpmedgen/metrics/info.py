@@ -39,7 +39,7 @@ class PatientImages:
 #: skipped (with the reason reported) when the evaluation does not have it.
 OPTIONAL_INPUTS = (
     "sources", "members", "nonmembers", "discriminator", "ledger", "inception_weights", "canary", "fake_labels",
-    "labelled_real",
+    "labelled_real", "memorization_threshold",
 )
 
 

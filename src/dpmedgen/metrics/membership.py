@@ -320,10 +320,18 @@ def discriminator_covered(ledger: Mapping[str, Any] | None) -> bool:
 # --- memorization ----------------------------------------------------------------------------------------
 
 
-def memorization_rate(samples, members, nonmembers) -> float:
+def memorization_threshold(members, nonmembers) -> float:
+    """min over non-member images of their distance to the nearest member image: what no held-out image
+    comes closer than. It depends on the real data only, so a study computes it once per dataset (every
+    pair of the ~5,000 non-member and ~11,000 member images: ~3 s of each evaluation otherwise)."""
+    return float(nearest_distances(nonmembers, members).min())
+
+
+def memorization_rate(samples, members, nonmembers, threshold: float | None = None) -> float:
     """Share of samples whose distance to the nearest member image is strictly smaller than
-    min over non-member images of their distance to the nearest member image."""
-    threshold = nearest_distances(nonmembers, members).min()
+    `memorization_threshold(members, nonmembers)` (computed here when `threshold` is None)."""
+    if threshold is None:
+        threshold = memorization_threshold(members, nonmembers)
     return float((nearest_distances(samples, members) < threshold).mean())
 
 
@@ -404,7 +412,9 @@ def mia_dcr(ctx: "EvalContext") -> dict[str, float]:
     out["mia_n_nonmembers_image"] = float(len(ctx.nonmembers.images))
     out["mia_n_members_patient"] = float(len(np.unique(np.asarray(ctx.members.patient_id))))
     out["mia_n_nonmembers_patient"] = float(len(np.unique(np.asarray(ctx.nonmembers.patient_id))))
-    out["memorization_rate"] = memorization_rate(ctx.fake, ctx.members.images, ctx.nonmembers.images)
+    out["memorization_rate"] = memorization_rate(
+        ctx.fake, ctx.members.images, ctx.nonmembers.images, threshold=ctx.memorization_threshold
+    )
     return out
 
 
