@@ -63,8 +63,6 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from skimage.transform import resize as _sk_resize
 
 from dpmedgen.data.schema import ImageSet
 
@@ -106,6 +104,7 @@ class _Templates:
 def _load_templates(atrophy_mm: float = 3.0) -> _Templates:
     """Load the nilearn MNI152 templates once per process and derive every map the model needs; `atrophy_mm` is
     the ventricular enlargement (mm) of the fully atrophic template."""
+    from scipy import ndimage
     from nilearn import datasets
 
     t1_img = datasets.load_mni152_template(resolution=1)
@@ -190,6 +189,7 @@ def _rotation(angles_deg) -> np.ndarray:
 
 def _smooth_field(rng, lo, hi, spacing_mm, smooth, n_channels):
     """Smooth random field on a coarse control grid covering [lo, hi] (voxels = mm)."""
+    from scipy import ndimage
     shape = tuple(int(math.ceil((high - low) / spacing_mm)) + 3 for low, high in zip(lo, hi))
     noise = rng.standard_normal((n_channels, *shape)).astype(np.float32)
     for c in range(n_channels):
@@ -198,6 +198,7 @@ def _smooth_field(rng, lo, hi, spacing_mm, smooth, n_channels):
 
 
 def _eval_field(field, points, lo, spacing_mm):
+    from scipy import ndimage
     coords = [(points[k] - (lo[k] - spacing_mm)) / spacing_mm for k in range(3)]
     return np.stack(
         [ndimage.map_coordinates(f, coords, order=1, mode="nearest", prefilter=False) for f in field]
@@ -206,6 +207,7 @@ def _eval_field(field, points, lo, spacing_mm):
 
 def _resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
     """(n, h, w) square stack -> (n, size, size); anti-aliased when shrinking."""
+    from skimage.transform import resize as _sk_resize
     shrink = stack.shape[1] > size
     return _sk_resize(
         stack, (stack.shape[0], size, size), order=1, mode="edge", anti_aliasing=shrink, preserve_range=True
@@ -401,6 +403,7 @@ def _template_coords(tpl: _Templates, grid: _Grid, lat: _Latents, pts: np.ndarra
 
 def _sample_maps(tpl: _Templates, src: np.ndarray) -> dict[str, np.ndarray]:
     """Every template map trilinearly interpolated at the template coordinates `src` (zero outside)."""
+    from scipy import ndimage
     return {
         k: ndimage.map_coordinates(v, src, order=1, mode="constant", cval=0.0, prefilter=False)
         for k, v in tpl.maps.items()
@@ -418,6 +421,7 @@ def _smooth_gains(pts: np.ndarray, centre: np.ndarray, lat: _Latents) -> tuple[n
 
 def _mri_and_uptake(s: dict[str, np.ndarray], pts: np.ndarray, grid: _Grid, lat: _Latents):
     """Noise-free T1 intensity, PET uptake blurred to PET resolution, and the brain mask, on the warped slices."""
+    from scipy import ndimage
     gm = s["gm"] + lat.atrophy * s["dgm"]
     wm = s["wm"] + lat.atrophy * s["dwm"]
     csf = s["csf"] - lat.atrophy * (s["dgm"] + s["dwm"])
@@ -463,6 +467,7 @@ def _add_rician_noise(mri: np.ndarray, noise_mri: np.ndarray, noise_level: float
 
 def _add_pet_noise(uptake: np.ndarray, noise_pet: np.ndarray, pet_noise_level: float) -> np.ndarray:
     """PET with spatially correlated, signal-dependent Gaussian noise of level `pet_noise_level`."""
+    from scipy import ndimage
     corr = ndimage.gaussian_filter(noise_pet, (0, 1.3, 1.3))
     corr /= max(float(corr.std()), 1e-6)
     pet = np.maximum(uptake, 0.0)

@@ -8,7 +8,6 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from dpmedgen.data.schema import ImageSet
@@ -34,6 +33,8 @@ def load_gray(path: Path, size: int, unpacked: Path) -> np.ndarray:
     s = min(h, w)
     arr = arr[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
     if s != size:
+        from skimage.transform import resize  # imported when used: most jobs never resize a file
+
         arr = resize(arr, (size, size), order=1, anti_aliasing=s > size, preserve_range=True)
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
 
