@@ -17,7 +17,6 @@ size-1 scale factor, so images never mix), which keeps 1,000 images to about a s
 from __future__ import annotations
 
 import numpy as np
-from skimage.transform import resize as _sk_resize
 
 from dpmedgen.data.schema import ImageSet, SchemaError
 
@@ -36,6 +35,7 @@ def _pad_square(stack: np.ndarray) -> np.ndarray:
 
 
 def _resize(stack: np.ndarray, size: int) -> np.ndarray:
+    from skimage.transform import resize as _sk_resize
     n, side, _ = stack.shape
     if side == size or n == 0:
         return stack.astype(np.float32, copy=True)
