@@ -51,7 +51,6 @@ from typing import ClassVar
 
 import h5py
 import numpy as np
-from skimage.transform import resize
 
 from dpmedgen.data.schema import ImageSet
 from dpmedgen.data.sources.base import DatasetError, DatasetSource, RemoteFile, downloaded_file, int_param
@@ -149,6 +148,8 @@ class FusionPairs(DatasetSource):
             for m, c in self.channels.items():
                 imgs = block[..., c].astype(np.float32)
                 if factor < 1.0:
+                    from skimage.transform import resize  # lazy: skimage/scipy cost ~0.5 s per import of dpmedgen.data
+
                     imgs = resize(imgs, (len(imgs), *out_hw), order=1, anti_aliasing=True, preserve_range=True)
                 out[m][done:done + len(wanted)] = imgs
             done += len(wanted)
