@@ -31,6 +31,7 @@ from dpmedgen.config import (
 from dpmedgen.models import MODELS
 from dpmedgen.privacy import PRIVACY_MODES
 from dpmedgen.runs import format_epsilon
+from dpmedgen.runtime import compile_package
 
 # A local run (no --jobs, i.e. no cluster executor) never runs more threads at once than this machine has
 # cores: `--cores 8` on a 2-core laptop would otherwise start 8 jobs. Each job uses exactly its `threads`
@@ -46,6 +47,7 @@ if workflow.global_resources["_nodes"].value is None and _asked_cores is not Non
 coerce_command_line_values(config)  # `--config seeds=[0,1]` arrives as strings
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+compile_package()  # each job then imports dpmedgen's bytecode instead of compiling its sources (~0.5 s a job)
 
 for _model, _mode in skipped_pairs(config):
     logger.info(

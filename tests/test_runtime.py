@@ -57,3 +57,22 @@ def test_local_cores_are_capped_at_the_machine(tmp_path):
         f"--cores {cores + 6} on a machine with {cores} cores: running at most {cores} at once"
         in proc.stderr + proc.stdout
     )
+
+
+def test_compile_package_writes_bytecode_even_where_python_would_not(tmp_path):
+    """With PYTHONDONTWRITEBYTECODE set, imports never write bytecode; compile_package does, and it is current
+    (a later import in such a process reads it instead of compiling the source)."""
+    import importlib.util
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("X = 1\n")
+    (package / "sub" / "mod.py").write_text("Y = 2\n")
+    code = f"import sys; from dpmedgen.runtime import compile_package; sys.exit(0 if compile_package({str(package)!r}) else 1)"
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    for source in (package / "__init__.py", package / "sub" / "mod.py"):
+        assert Path(importlib.util.cache_from_source(str(source))).is_file(), source
+    # and it says when it cannot
+    (package / "broken.py").write_text("def (\n")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 1

@@ -59,6 +59,25 @@ def retain_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
+def compile_package(package_dir: str | os.PathLike | None = None) -> bool:
+    """Write the bytecode of dpmedgen's own modules (`compileall`), once per workflow invocation, so that the
+    ~200 jobs of a study do not each compile them from source again: an editable install (`pip install -e`) has
+    none, and where PYTHONDONTWRITEBYTECODE is set (common in containers and CI) Python never writes it, which
+    cost ~0.5 s of CPU per job on a 2-core machine. Up-to-date files are only checked; a read-only install is
+    left as it is. True when every module has current bytecode. `package_dir`: another package's directory.
+    """
+    import compileall
+
+    if package_dir is None:
+        import dpmedgen
+
+        package_dir = os.path.dirname(dpmedgen.__file__)
+    try:
+        return bool(compileall.compile_dir(os.fspath(package_dir), quiet=2))
+    except OSError:
+        return False
+
+
 def start_job(log_path: str | os.PathLike, threads: int) -> None:
     """Send the job's output to its log, limit it to `threads` threads and keep freed memory."""
     from dpmedgen.logs import setup_rule_log
