@@ -76,6 +76,50 @@ def test_divergence_stops_with_run_and_step():
         train_model(model, data, _ExplodingMode(target_epsilon=math.inf, delta=0), TrainConfig(steps=3, batch_size=4), run_name="toy/run", progress=False)
 
 
+def _trained_generator(steps: int, ema_decay: float, seed: int = 0) -> tuple[dict, dict]:
+    """A tiny DCGAN trained non-privately on fixed images; its (generator, discriminator) state dicts."""
+    from dpmedgen.privacy.none import NonPrivate
+
+    images = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    data = TrainingData(images=images, patient_ids=np.arange(16).astype(str))
+    torch.manual_seed(seed)
+    model = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=8)
+    cfg = TrainConfig(steps=steps, batch_size=4, ema_decay=ema_decay, seed=seed, lr={"generator": 1e-2, "discriminator": 1e-2})
+    train_model(model, data, NonPrivate(target_epsilon=math.inf, delta=0, seed=seed), cfg, progress=False)
+    nets = model.networks()
+    return ({k: v.clone() for k, v in nets["generator"].state_dict().items()},
+            {k: v.clone() for k, v in nets["discriminator"].state_dict().items()})
+
+
+def test_ema_releases_the_moving_average_of_the_generator_iterates():
+    """With ema_decay d the released generator is avg_3 for avg_t = d avg_{t-1} + (1 - d) theta_t, avg_0 =
+    theta_0 (floating buffers too: BatchNorm running statistics); training itself is unchanged, so the
+    discriminator equals the one of a run without averaging."""
+    decay = 0.6
+    iterates = [_trained_generator(steps, 0.0) for steps in (1, 2, 3)]
+    torch.manual_seed(0)
+    theta0 = MODELS.get("dcgan")(image_size=32, width=8, latent_dim=8).networks()["generator"].state_dict()
+    generator, discriminator = _trained_generator(3, decay)
+    assert _equal(discriminator, iterates[-1][1])
+    checked = 0
+    for key, value in generator.items():
+        if not value.is_floating_point():
+            assert torch.equal(value, iterates[-1][0][key])  # e.g. num_batches_tracked: not averaged
+            continue
+        expected = theta0[key].clone()
+        for g, _ in iterates:
+            expected = decay * expected + (1 - decay) * g[key]
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(value, iterates[-1][0][key]), key  # not the last iterate
+        checked += 1
+    assert checked >= 4
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        TrainConfig(ema_decay=1.0)
+
+
 def test_output_perturbation_reuses_the_non_private_run(study, tmp_path):
     ref = tmp_path / "none"
     _train(study, ref, RunSpec("toy", "dcgan", "none", math.inf, 3))
@@ -126,7 +170,7 @@ def test_killed_run_resumes_to_identical_weights_and_epsilon(study, tmp_path, mo
     import dpmedgen.train.engine as engine
 
     run = RunSpec("toy", model, privacy, epsilon, 1)
-    train = TRAIN | {"steps": 9, "checkpoint_every": 1, "batch_size": 4}
+    train = TRAIN | {"steps": 9, "checkpoint_every": 1, "batch_size": 4, "ema_decay": 0.7}  # averages resume too
     players = len(MODELS.get(model)(image_size=32, **TINY[model]).players())
     ledger_a = _train(study, tmp_path / "a", run, train=train, model_params=TINY[model])
 
