@@ -212,7 +212,9 @@ class ParameterAverage:
     they help GAN generators (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training") and
     DP-SGD (De et al. 2022, "Unlocking High-Accuracy Differentially Private Image Classification through
     Scale", Sec. 3.2). Under DP-SGD it is post-processing: the accountant already bounds the release of every
-    iterate, so the average costs no privacy. ``torch._foreach_lerp_`` does the update in one call.
+    iterate, so the average costs no privacy. ``torch._foreach_lerp_`` does the update in one call. Not
+    ``torch.optim.swa_utils.AveragedModel``: it deep-copies the module, and with it the per-example clipping
+    hooks a privacy mode attaches to the network.
 
     >>> net = nn.Linear(1, 1, bias=False); _ = nn.init.zeros_(net.weight)
     >>> average = ParameterAverage(net, decay=0.5)
